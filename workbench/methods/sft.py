@@ -1,0 +1,46 @@
+"""Supervised fine-tuning: maximize log pi(target | prompt) on the task's reference completions.
+
+loss = - sum_t m_t log pi(y_t | x, y_<t) / sum_t m_t   (token mean over completion tokens, EOS included)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.methods.base import PolicyModule
+from workbench.policy.logprobs import token_logprobs
+from workbench.policy.sampler import encode_prompts
+
+
+def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+
+
+class SFTModule(PolicyModule):
+    family = "sft"
+
+    def train_collate(self, rows):
+        tok = self.tokenizer
+        prompt_ids, prompt_mask = encode_prompts(tok, self.formatted([r["prompt"] for r in rows]), "cpu")
+        targets = [r["target"] + tok.eos_token for r in rows]
+        enc = tok(targets, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": enc["input_ids"],
+            "completion_mask": enc["attention_mask"],
+        }
+
+    def training_step(self, batch, batch_idx):
+        logprobs, _ = token_logprobs(
+            self.model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"]
+        )
+        mask = batch["completion_mask"].float()
+        loss = sft_loss(logprobs, mask)
+        self.check_finite(loss)
+        n = batch["completion_ids"].shape[0]
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=n)
+        self.log("train/completion_length", mask.sum(-1).mean(), on_step=True, batch_size=n)
+        tokens = int(batch["prompt_mask"].sum() + mask.sum())
+        self.count_tokens(tokens)
+        return loss

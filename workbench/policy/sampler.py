@@ -1,0 +1,79 @@
+"""One batched sampler for every family: left-padded prompts, KV cache, stop at EOS, masks out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class Rollout:
+    """A batch of completions; row i*n..i*n+n-1 are the n samples of prompt i."""
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P)
+    completion_ids: torch.Tensor  # (B, T) right-padded with pad id
+    completion_mask: torch.Tensor  # (B, T) 1 on generated tokens up to and including EOS
+    texts: list[str]  # decoded completions, special tokens removed
+    truncated: torch.Tensor  # (B,) True where no EOS came within max_new_tokens
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def completion_mask_from_ids(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask every token up to and including the first EOS; rows without EOS are truncated."""
+    is_eos = ids == eos_id
+    seen_before = (is_eos.cumsum(-1) - is_eos.long()) > 0  # an EOS strictly before this position
+    mask = (~seen_before).long()
+    truncated = ~is_eos.any(-1)
+    return mask, truncated
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    n: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> Rollout:
+    """Sample ``n`` completions per prompt; ``temperature=0`` means greedy."""
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    if n > 1:
+        prompt_ids = prompt_ids.repeat_interleave(n, 0)
+        prompt_mask = prompt_mask.repeat_interleave(n, 0)
+    was_training = model.training
+    model.eval()
+    greedy = temperature <= 0
+    kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    out = model.generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+        **kwargs,
+    )
+    if was_training:
+        model.train()
+    completion_ids = out[:, prompt_ids.shape[1] :]
+    mask, truncated = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
+    completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated)

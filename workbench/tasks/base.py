@@ -1,0 +1,75 @@
+"""A task: `datasets` splits with prompt/target/answer columns, and a verifier of completions."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+from datasets import Dataset, DatasetDict
+
+from workbench.errors import ConfigError
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def normalize_number(text: str | None) -> str | None:
+    """'1,234.50' -> '1234.5'; returns None when ``text`` is not a number."""
+    if text is None:
+        return None
+    text = text.strip().replace(",", "").rstrip(".")
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+class Task:
+    """Columns of every split: ``prompt`` (str), ``target`` (SFT completion), ``answer`` (for the verifier)."""
+
+    name: str = "task"
+    splits: DatasetDict
+
+    def extract_answer(self, completion: str) -> str | None:
+        raise NotImplementedError
+
+    def verify(self, completion: str, answer: str) -> bool:
+        predicted = normalize_number(self.extract_answer(completion))
+        return predicted is not None and predicted == normalize_number(answer)
+
+    def corpus(self) -> Iterator[str]:
+        """Text a task-specific tokenizer is trained on."""
+        for row in self.splits["train"]:
+            yield row["prompt"] + row["target"]
+
+    def split(self, name: str) -> Dataset:
+        if name not in self.splits:
+            raise ConfigError("split", f"task '{self.name}' has no split '{name}'", f"use one of {list(self.splits)}")
+        return self.splits[name]
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...], field: str) -> list[dict]:
+    """Read a JSONL file, failing on the first bad line with its number."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(field, f"data file '{path}' does not exist", "check the path or restore the file from git")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(field, f"{path} line {lineno}: malformed JSON ({e.msg})", "fix or remove that line") from None
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ConfigError(field, f"{path} line {lineno}: missing key(s) {missing}", f"every line needs {list(required)}")
+            rows.append(row)
+    if not rows:
+        raise ConfigError(field, f"{path} has no records", "point it at a non-empty JSONL file")
+    return rows
