@@ -14,14 +14,76 @@ from workbench.errors import ConfigError
 OmegaConf.register_new_resolver("workbench_root", lambda: str(ROOT), replace=True)
 
 SFT_CONFIG = ROOT / "conf" / "method" / "sft.yaml"
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.safetensors.index.json")
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def has_weights(path: Path) -> bool:
+    return any(any(path.glob(p)) for p in WEIGHT_PATTERNS)
+
+
+def check_local_model(path: str | None, field: str = "model.path") -> Path:
+    if not path:
+        raise ConfigError(field, "no path given", "set model.path=/folder/with/config.json/and/weights")
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ConfigError(field, f"'{p}' is not a folder", "point it at a folder saved with save_pretrained")
+    if not (p / "config.json").is_file():
+        raise ConfigError(field, f"'{p}' has no config.json", "point it at a folder saved with save_pretrained")
+    if not has_weights(p):
+        raise ConfigError(
+            field, f"'{p}' has no weights (*.safetensors or pytorch_model*.bin)", "save the model with its weights"
+        )
+    return p
 
 
 def _positive(cfg: DictConfig, key: str, hint: str, allow_zero: bool = False) -> None:
     value = OmegaConf.select(cfg, key)
     if value is None:
         return
-    if not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value < float("inf") \
+            or value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}", hint)
+
+
+SCHEDULERS = ("cosine", "constant")  # workbench/methods/base.py: configure_optimizers
+KL_ESTIMATORS = ("k1", "k3")  # workbench/methods/group_rl/losses.py: kl_estimate
+LOSS_AGGREGATIONS = ("seq_mean_token_mean", "token_mean")  # workbench/methods/group_rl/losses.py: aggregate
+
+
+def _choice(cfg: DictConfig, key: str, options: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is not None and value not in options:
+        raise ConfigError(key, f"unknown '{value}'", f"use one of {list(options)}")
+
+
+def _check_rewards(specs) -> None:
+    """The reward names, checked here so a typo fails before the SFT warm start, not after it."""
+    from workbench.rewards import REWARDS
+
+    if not specs:
+        raise ConfigError("method.rewards", "empty", "list at least one reward, e.g. [{name: correctness}]")
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, (dict, DictConfig)):
+            raise ConfigError(f"method.rewards[{i}]", f"must be a mapping, got {spec!r}",
+                              "write each reward as {name: correctness, weight: 1.0}")
+        name = spec.get("name")
+        if name not in REWARDS:
+            raise ConfigError(f"method.rewards[{i}].name", f"unknown reward '{name}'", f"choose from {sorted(REWARDS)}")
+        weight = spec.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ConfigError(f"method.rewards[{i}].weight", f"must be a number, got {weight!r}", "e.g. weight: 1.0")
+
+
+def _check_batch_fits(cfg: DictConfig, key: str, batch_size) -> None:
+    """A batch larger than the train split gives zero steps (the loader drops the last partial batch)."""
+    train_size = OmegaConf.select(cfg, "task.train_size")
+    if not isinstance(train_size, int) or not isinstance(batch_size, int):
+        return
+    if batch_size > train_size:  # the global batch; each DDP process loads its share of the split
+        raise ConfigError(key, f"{batch_size} is more than the {train_size} training problems "
+                               f"(task.train_size), so no step would run",
+                          f"lower {key} or raise task.train_size")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -41,17 +103,44 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "trainer.val_check_interval", "set trainer.val_check_interval to a positive number of steps")
     if "group_size" in m and (not isinstance(m.group_size, int) or m.group_size < 2):
         raise ConfigError("method.group_size", f"must be >= 2 (a group needs a baseline), got {m.group_size!r}", "set method.group_size=2 or more")
+    _positive(cfg, "method.minibatch_size", "set method.minibatch_size to a positive count, or null for all at once")
+    _positive(cfg, "method.clip_eps_low", "set method.clip_eps_low >= 0, e.g. 0.2", allow_zero=True)
+    _positive(cfg, "method.clip_eps_high", "set method.clip_eps_high >= 0, e.g. 0.2", allow_zero=True)
+    _positive(cfg, "method.max_grad_norm", "set method.max_grad_norm >= 0 (0 or null disables clipping)", allow_zero=True)
     top_p = OmegaConf.select(cfg, "method.top_p")
-    if top_p is not None and not 0 < top_p <= 1:
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
         raise ConfigError("method.top_p", f"must be in (0, 1], got {top_p}", "set method.top_p=1.0 to disable nucleus sampling")
     if m.get("init", "scratch") not in ("scratch", "sft"):
         raise ConfigError("method.init", f"unknown '{m.init}'", "use scratch or sft")
+    _choice(cfg, "method.scheduler", SCHEDULERS)
+    _choice(cfg, "method.kl_estimator", KL_ESTIMATORS)
+    _choice(cfg, "method.loss_agg", LOSS_AGGREGATIONS)
+    if OmegaConf.select(cfg, "method.advantage") is not None:
+        from workbench.methods.group_rl.advantages import ADVANTAGES
+
+        _choice(cfg, "method.advantage", tuple(ADVANTAGES))
+    if "rewards" in m:
+        _check_rewards(m.rewards)
+    _check_batch_fits(cfg, "method.batch_size", OmegaConf.select(cfg, "method.batch_size"))
+    if m.get("init") == "sft":  # the SFT warm start trains first: its settings are checked now, not after it
+        base = base_config(cfg).method
+        for key in ("lr", "batch_size", "max_steps", "val_check_interval"):
+            value = base.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(f"method.base.{key}", f"must be > 0, got {value!r}",
+                                  f"set method.base.{key} (the SFT warm start's {key}) to a positive value")
+        if base.get("scheduler") not in SCHEDULERS:
+            raise ConfigError("method.base.scheduler", f"unknown '{base.get('scheduler')}'", f"use one of {list(SCHEDULERS)}")
+        _check_batch_fits(cfg, "method.base.batch_size", base.batch_size)
     if cfg.model.source not in ("tiny", "local", "gguf"):
         raise ConfigError("model.source", f"unknown '{cfg.model.source}'", "use tiny, local or gguf")
+    _choice(cfg, "model.dtype", MODEL_DTYPES)
     if cfg.model.source == "local":
-        from workbench.policy.models import check_local_model
-
         check_local_model(cfg.model.path)
+    devices = int(cfg.trainer.devices) * int(cfg.trainer.get("num_nodes", 1))
+    if devices > 1 and m.batch_size % devices:
+        raise ConfigError("method.batch_size", f"{m.batch_size} does not split over {devices} processes",
+                          f"use a multiple of {devices} (it is the global batch)")
     if int(cfg.trainer.devices) > 1 and m.get("family") == "group_rl" and int(m.get("inner_iterations", 1)) > 1:
         raise ConfigError("method.inner_iterations", "several updates per rollout are not supported under DDP yet", "use method.inner_iterations=1 with trainer=ddp_cpu")
 

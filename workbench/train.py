@@ -1,275 +1,31 @@
 """python -m workbench.train [method=...] [model=...] [task=...] [trainer=...] [seed=...] [resume=<run dir>]
 
-Compose the config, check it, build task and policy (training the cached SFT base first when the
-method starts from one), fit the method's LightningModule, evaluate held-out greedy accuracy before
-and after, and record everything in one MLflow run.
+The CLI: Hydra composes conf/train.yaml, the config is checked before torch or Lightning load (so a bad
+value answers in a second), then workbench.runner.run does the work.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import shutil
 import sys
-import time
-from pathlib import Path
 
 import hydra
-import lightning as L
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from workbench.config import base_config, cache_key, flatten, validate
-from workbench.errors import ConfigError, NonFiniteLossError
-from workbench.methods import method_class
-from workbench.policy import Policy, build_policy
-from workbench.policy.models import has_weights
-from workbench.summary import print_summary
-from workbench.tasks import Task, build_task
-from workbench.tracking import PendingMetricsInCheckpoint, RunLogger, git_commit
-
-log = logging.getLogger("workbench")
-RUN_STATE = "workbench_run.json"
-
-
-def is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-
-
-# ---- run directory state: what resume needs ---------------------------------------------------------
-def save_run_state(run_dir: Path, cfg: DictConfig, logger: RunLogger) -> None:
-    if not is_rank_zero():
-        return
-    state = {
-        "mlflow_run_id": logger.run_id,
-        "tracking_uri": cfg.logger.tracking_uri,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (RUN_STATE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(run_dir / RUN_STATE)
-
-
-def load_run_state(run_dir: Path) -> dict:
-    path = run_dir / RUN_STATE
-    if not path.is_file():
-        raise ConfigError("resume", f"'{run_dir}' has no {RUN_STATE}", "pass the Hydra run directory that the interrupted run printed")
-    return json.loads(path.read_text())
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """Newest checkpoint that loads; a file cut short by a kill mid-write is skipped."""
-    candidates = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in candidates:
-        try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            return path
-        except Exception as e:  # noqa: BLE001 - any unreadable file is skipped the same way
-            log.warning("skipping unreadable checkpoint %s (%s)", path, e)
-    return None
-
-
-# ---- tracking -------------------------------------------------------------------------------------------
-def sweep_tags() -> dict[str, str]:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return {}
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return {}
-    return {"sweep": hc.sweep.dir, "sweep.job": str(hc.job.num), "sweep.overrides": " ".join(hc.overrides.task)}
-
-
-def make_logger(cfg: DictConfig, run_id: str | None = None, extra_tags: dict | None = None) -> RunLogger:
-    commit, dirty = git_commit()
-    tags = {
-        "workbench.method": cfg.method.name,
-        "workbench.family": cfg.method.family,
-        "workbench.task": cfg.task.name,
-        "workbench.model": cfg.model.name,
-        "workbench.seed": str(cfg.seed),
-        "git.commit": commit,
-        "git.dirty": str(dirty),
-        **{k: str(v) for k, v in (cfg.logger.get("tags") or {}).items()},
-        **(extra_tags or {}),
-    }
-    return RunLogger(
-        experiment_name=cfg.logger.experiment_name,
-        run_name=cfg.run_name,
-        tracking_uri=cfg.logger.tracking_uri,
-        tags=tags,
-        run_id=run_id,
-    )
-
-
-def record_config(logger: RunLogger, cfg: DictConfig) -> None:
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    logger.log_hyperparams(flatten(resolved))
-    logger.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-
-
-# ---- stages -------------------------------------------------------------------------------------------
-def build_trainer(cfg: DictConfig, logger: RunLogger, run_dir: Path) -> L.Trainer:
-    t = cfg.trainer
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="step{step}",
-        auto_insert_metric_name=False,
-        monitor=None,
-        save_top_k=1,  # keep the newest; the previous one is deleted only after the new one is written
-        save_on_train_epoch_end=False,  # i.e. right after each validation
-    )
-    callbacks = [checkpoints, PendingMetricsInCheckpoint(logger)]
-    if t.progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
-    manual = cfg.method.family != "sft"
-    return L.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        max_steps=t.max_steps,
-        max_epochs=-1,
-        val_check_interval=min(t.val_check_interval, t.max_steps),
-        check_val_every_n_epoch=None,
-        log_every_n_steps=t.log_every_n_steps,
-        num_sanity_val_steps=0,
-        gradient_clip_val=None if manual else cfg.method.max_grad_norm,
-        logger=logger,
-        callbacks=callbacks,
-        enable_progress_bar=bool(t.progress_bar),
-        enable_model_summary=False,
-        default_root_dir=run_dir,
-    )
-
-
-def fit_stage(cfg: DictConfig, task: Task, policy: Policy, logger: RunLogger, run_dir: Path,
-              resume_from: Path | None = None, evaluate_before: bool = True) -> dict[str, float]:
-    module = method_class(cfg.method.module)(policy, task, cfg.method, cfg.trainer)
-    trainer = build_trainer(cfg, logger, run_dir)
-    results: dict[str, float] = {}
-    if evaluate_before:
-        module.eval_prefix = "test_before"
-        results.update(trainer.test(module, verbose=False)[0])
-        logger.flush()
-    module.eval_prefix = "test"
-    trainer.fit(module, ckpt_path=resume_from, weights_only=True)
-    results.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    results.update(trainer.test(module, verbose=False)[0])
-    results["steps"] = trainer.global_step
-    return results
-
-
-def sft_base(cfg: DictConfig, task: Task, parent: RunLogger, run_dir: Path) -> Path:
-    """The cached SFT warm start for this model and task, trained now (as a child MLflow run) if missing."""
-    base = base_config(cfg)
-    path = Path(cfg.paths.cache_dir) / "sft" / f"{cfg.task.name}-{cfg.model.name}-{cache_key(base)}"
-    if has_weights(path):
-        log.info("SFT base: reusing %s", path)
-        return path
-    if not is_rank_zero():
-        raise RuntimeError(f"SFT base {path} missing in a worker process; rank 0 trains it before launching workers")
-    log.info("SFT base: training %s (cached for later runs)", path)
-    logger = make_logger(base, extra_tags={"workbench.stage": "sft_base", "mlflow.parentRunId": parent.run_id or ""})
-    record_config(logger, base)
-    policy = build_policy(base.model, base.paths.cache_dir, corpus=task.corpus())
-    stage_dir = run_dir / "sft_base"
-    try:
-        fit_stage(base, task, policy, logger, stage_dir)
-    except BaseException:
-        logger.close("FAILED")
-        raise
-    tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save(tmp)
-    tmp.rename(path)
-    logger.set_tags({"workbench.sft_base_path": str(path)})
-    logger.close("FINISHED")
-    parent.set_tags({"workbench.sft_base_run_id": logger.run_id, "workbench.sft_base_path": str(path)})
-    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)  # the cached folder is what later runs use
-    return path
-
-
-# ---- entry --------------------------------------------------------------------------------------------
-def configure_runtime(cfg: DictConfig) -> None:
-    threads = cfg.trainer.get("num_threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    for name in ("lightning.pytorch", "lightning.fabric", "transformers", "datasets"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from workbench.config import validate
+from workbench.errors import ConfigError
 
 
 def run(cfg: DictConfig) -> dict:
-    started = time.time()
-    resume_from = None
-    if cfg.get("resume"):
-        run_dir = Path(cfg.resume).resolve()
-        state = load_run_state(run_dir)
-        cfg = OmegaConf.create(state["config"])
-        cfg.resume = str(run_dir)
-    else:
-        run_dir = Path(cfg.paths.output_dir).resolve()
-        state = None
-    validate(cfg)
-    configure_runtime(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    task = build_task(cfg.task)
+    from workbench.runner import run as run_config
 
-    if state is not None:
-        logger = make_logger(cfg, run_id=state["mlflow_run_id"])
-        logger.load_logged_steps()
-        logger.set_running()
-        resume_from = latest_checkpoint(run_dir)
-        log.info("Resuming %s from %s into MLflow run %s", run_dir, resume_from or "its start", state["mlflow_run_id"])
-    else:
-        logger = make_logger(cfg, extra_tags={"workbench.stage": "main", "workbench.run_dir": str(run_dir), **sweep_tags()})
-        if is_rank_zero():
-            record_config(logger, cfg)
-        save_run_state(run_dir, cfg, logger)
-
-    try:
-        weights = sft_base(cfg, task, logger, run_dir) if cfg.method.init == "sft" else None
-        policy = build_policy(cfg.model, cfg.paths.cache_dir, corpus=task.corpus() if weights is None else None,
-                              tokenizer_dir=run_dir / "tokenizer", weights_dir=weights)
-        if is_rank_zero():
-            policy.tokenizer.save_pretrained(run_dir / "tokenizer")
-        evaluate_before = state is None or "test_before/accuracy" not in logger.last_logged
-        results = fit_stage(cfg, task, policy, logger, run_dir, resume_from, evaluate_before)
-    except NonFiniteLossError as e:
-        logger.close("FAILED")
-        raise SystemExit(f"workbench: {e}") from None
-    except BaseException:
-        logger.close("KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
-        raise
-    if state is not None and "test_before/accuracy" not in results:
-        before = logger.experiment.get_run(logger.run_id).data.metrics.get("test_before/accuracy")
-        if before is not None:
-            results["test_before/accuracy"] = before
-    results["wall_time_s"] = time.time() - started
-    logger.log_metrics({"run/wall_time_s": results["wall_time_s"]}, step=results["steps"])
-    logger.close("FINISHED")
-    summary = {
-        "method": cfg.method.name, "task": cfg.task.name, "model": cfg.model.name, "seed": cfg.seed,
-        "run_dir": str(run_dir), "mlflow_run_id": logger.run_id, "tracking_uri": cfg.logger.tracking_uri,
-        "metrics": {k: v for k, v in results.items() if isinstance(v, (int, float))},
-    }
-    if is_rank_zero():
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        print_summary(summary)
-    return summary
+    return run_config(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
+        if not cfg.get("resume"):
+            validate(cfg)
         summary = run(cfg)
     except ConfigError as e:
         print(f"workbench: error: {e}", file=sys.stderr)

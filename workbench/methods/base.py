@@ -48,9 +48,11 @@ class PolicyModule(L.LightningModule):
         return prompt_collate(rows)
 
     def train_dataloader(self):
+        # method.batch_size is the global batch: under DDP each of the world_size processes takes its share
+        world = self.trainer.world_size if self._trainer is not None else 1
         return DataLoader(
             self.task.split("train"),
-            batch_size=self.cfg.batch_size,
+            batch_size=self.cfg.batch_size // world,
             shuffle=True,
             drop_last=True,
             collate_fn=self.train_collate,
@@ -102,10 +104,11 @@ class PolicyModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
+    def check_finite(self, loss, what: str = "loss") -> None:
+        loss = torch.as_tensor(loss)
         if not torch.isfinite(loss).all():
             raise NonFiniteLossError(
-                f"{what} became {loss.item()} at step {self.global_step}; stopped, last good checkpoint kept "
+                f"{what} became {loss.detach().float().mean().item()} at step {self.global_step}; stopped, last good checkpoint kept "
                 f"(try a lower method.lr or method.max_grad_norm)"
             )
 

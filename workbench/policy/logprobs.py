@@ -25,21 +25,25 @@ def token_logprobs(
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    # only the positions that predict completion tokens go through the LM head (the vocabulary
+    # projection dominates memory for real vocabularies and long prompts)
+    T = completion_ids.shape[1]
     logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+        logits_to_keep=T + 1,
     ).logits
-    logits = logits[:, prompt_ids.shape[1] - 1 : -1].float()
+    logits = logits[:, -(T + 1) : -1].float()
     if temperature != 1.0:
         logits = logits / temperature
     log_z = torch.logsumexp(logits, dim=-1)
     chosen = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
-    mask = completion_mask.to(logits.dtype)
-    logprobs = (chosen - log_z) * mask
+    padding = completion_mask == 0
+    logprobs = (chosen - log_z).masked_fill(padding, 0.0)
     entropy = None
     if with_entropy:
         with torch.no_grad():
             probs = torch.softmax(logits, dim=-1)
-            entropy = (log_z - (probs * logits).sum(-1)) * mask
+            entropy = (log_z - (probs * logits).sum(-1)).masked_fill(padding, 0.0)
     return logprobs, entropy
 
 

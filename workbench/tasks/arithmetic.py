@@ -27,6 +27,10 @@ class ArithmeticTask(Task):
         seed: int = 1234,
         **_unused,
     ):
+        for field, value in (("num_operands", num_operands), ("min_value", min_value), ("max_value", max_value),
+                             ("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"task.{field}", f"must be a whole number, got {value!r}", f"set task.{field} to an integer")
         if num_operands < 2:
             raise ConfigError("task.num_operands", f"must be >= 2, got {num_operands}", "set task.num_operands=2 or more")
         if min_value < 0 or max_value <= min_value:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Iterator
 
@@ -12,20 +13,23 @@ from datasets import Dataset, DatasetDict
 from workbench.errors import ConfigError
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+PLAIN_DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 
 def normalize_number(text: str | None) -> str | None:
-    """'1,234.50' -> '1234.5'; returns None when ``text`` is not a number."""
+    """'1,234.50' -> '1234.5', '3.0' -> '3'; returns None when ``text`` is not a plain decimal number.
+
+    Exact (decimal, not float) so large integers never compare equal to their neighbours.
+    """
     if text is None:
         return None
     text = text.strip().replace(",", "").rstrip(".")
-    try:
-        value = float(text)
-    except ValueError:
+    if not PLAIN_DECIMAL.fullmatch(text):
         return None
-    if value != value or value in (float("inf"), float("-inf")):
-        return None
-    return str(int(value)) if value == int(value) else repr(value)
+    value = Decimal(text)
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
 
 
 class Task:

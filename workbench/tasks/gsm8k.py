@@ -27,8 +27,12 @@ class GSM8KTask(Task):
         data_dir = Path(data_dir)
         train = read_jsonl(data_dir / "train.jsonl", ("question", "answer"), "task.data_dir")
         test = read_jsonl(data_dir / "test.jsonl", ("question", "answer"), "task.data_dir")
-        if not 0 < val_size < len(train):
-            raise ConfigError("task.val_size", f"must be in 1..{len(train) - 1}, got {val_size}", "pick a smaller validation split")
+        for field, size in (("train_size", train_size), ("test_size", test_size)):
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+                raise ConfigError(f"task.{field}", f"must be a positive count or null (all), got {size!r}",
+                                  f"set task.{field}=null to use every record, or a positive count")
+        if isinstance(val_size, bool) or not isinstance(val_size, int) or not 0 < val_size < len(train):
+            raise ConfigError("task.val_size", f"must be in 1..{len(train) - 1}, got {val_size!r}", "pick a smaller validation split")
 
         def rows(records):
             out = []
@@ -40,13 +44,21 @@ class GSM8KTask(Task):
                 out.append({"prompt": prompt_template.format(question=r["question"]), "target": " " + solution, "answer": answer})
             return out
 
-        full = Dataset.from_list(rows(train)).shuffle(seed=seed)
+        usable = rows(train)
+        if len(usable) <= val_size:
+            raise ConfigError("task.val_size", f"{data_dir / 'train.jsonl'} has only {len(usable)} records with a '####' answer, "
+                              f"got val_size={val_size}", "pick a smaller validation split")
+        full = Dataset.from_list(usable).shuffle(seed=seed)
         held = full.select(range(val_size))
         rest = full.select(range(val_size, len(full)))
-        if train_size:
+        if train_size is not None:
             rest = rest.select(range(min(train_size, len(rest))))
-        test_ds = Dataset.from_list(rows(test))
-        if test_size:
+        test_rows = rows(test)
+        if not test_rows:
+            raise ConfigError("task.data_dir", f"{data_dir / 'test.jsonl'} has no record with a '####' answer",
+                              "every answer needs a final line '#### <number>'")
+        test_ds = Dataset.from_list(test_rows)
+        if test_size is not None:
             test_ds = test_ds.select(range(min(test_size, len(test_ds))))
         self.splits = DatasetDict(train=rest, validation=held, test=test_ds)
 

@@ -1,3 +1,1 @@
-from workbench.methods.group_rl.module import GroupRLModule
-
-__all__ = ["GroupRLModule"]
+"""Group RL: GRPO and its variants (module.py: the LightningModule; advantages.py, losses.py: pure pieces)."""

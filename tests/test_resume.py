@@ -1,0 +1,62 @@
+"""A run killed with SIGKILL resumes from its last checkpoint into the same MLflow run, every step logged once."""
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import FAST, cli_env, python
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    return list((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.parametrize("method", ["sft", "grpo"])
+def test_resume_after_sigkill_continues_the_same_run(tmp_path, method):
+    run_dir = tmp_path / "run"
+    steps = 120
+    overrides = [
+        f"method={method}", *FAST, f"trainer.max_steps={steps}", "method.val_check_interval=20",
+        "model.hidden_size=64", "model.intermediate_size=128", "method.batch_size=16",
+        f"hydra.run.dir={run_dir}",
+    ]
+    if method == "grpo":
+        overrides += ["method.group_size=4", "method.base.max_steps=5", "method.base.val_check_interval=5"]
+    env = cli_env(tmp_path)
+    proc = subprocess.Popen([python(), "-m", "workbench.train", *overrides], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not _checkpoints(run_dir) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.5))  # "any moment" after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"run ended on its own before the kill (rc={proc.returncode}): {err[-2000:]}"
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("workbench")
+    main = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("workbench.stage") == "main"]
+    assert len(main) == 1 and main[0].info.status == "RUNNING"  # a killed process cannot say goodbye
+    run_id = main[0].info.run_id
+    logged_before = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+    assert logged_before and max(logged_before) < steps - 1
+
+    done = subprocess.run([python(), "-m", "workbench.train", f"resume={run_dir}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("workbench.stage") == "main"]
+    assert [r.info.run_id for r in runs] == [run_id]  # the same run, no new one
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key in ("train/loss", "train/step_time", "train/lr"):
+        history = [m.step for m in client.get_metric_history(run_id, key)]
+        assert sorted(history) == list(range(steps)), f"{key}: duplicated or missing steps"
+    val = [m.step for m in client.get_metric_history(run_id, "val/accuracy")]
+    assert len(val) == len(set(val)) == steps // 20
+    assert len(client.get_metric_history(run_id, "test_before/accuracy")) == 1
+    assert len(client.get_metric_history(run_id, "test/accuracy")) == 1
