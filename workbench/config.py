@@ -103,6 +103,9 @@ def validate(cfg: DictConfig) -> None:
     _positive(cfg, "trainer.val_check_interval", "set trainer.val_check_interval to a positive number of steps")
     if "group_size" in m and (not isinstance(m.group_size, int) or m.group_size < 2):
         raise ConfigError("method.group_size", f"must be >= 2 (a group needs a baseline), got {m.group_size!r}", "set method.group_size=2 or more")
+    betas = OmegaConf.select(cfg, "method.adam_betas")
+    if betas is not None and (len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+        raise ConfigError("method.adam_betas", f"need two numbers in [0, 1), got {list(betas)}", "e.g. method.adam_betas=[0.9,0.999]")
     _positive(cfg, "method.minibatch_size", "set method.minibatch_size to a positive count, or null for all at once")
     _positive(cfg, "method.clip_eps_low", "set method.clip_eps_low >= 0, e.g. 0.2", allow_zero=True)
     _positive(cfg, "method.clip_eps_high", "set method.clip_eps_high >= 0, e.g. 0.2", allow_zero=True)

@@ -110,6 +110,18 @@ def record_config(logger: RunLogger, cfg: DictConfig) -> None:
 
 
 # ---- stages -------------------------------------------------------------------------------------------
+class StepProgressBar(RichProgressBar):
+    """Rich bars that count optimizer steps (runs are bounded by max_steps, not epochs)."""
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"{self.trainer.lightning_module.cfg.name} (max {self.trainer.max_steps} steps)"
+
+
 def build_trainer(cfg: DictConfig, logger: RunLogger, run_dir: Path) -> L.Trainer:
     t = cfg.trainer
     checkpoints = ModelCheckpoint(
@@ -122,7 +134,7 @@ def build_trainer(cfg: DictConfig, logger: RunLogger, run_dir: Path) -> L.Traine
     )
     callbacks = [checkpoints, PendingMetricsInCheckpoint(logger)]
     if t.progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(StepProgressBar(leave=True))
     manual = cfg.method.family != "sft"
     return L.Trainer(
         accelerator=t.accelerator,
@@ -200,6 +212,12 @@ def configure_runtime(cfg: DictConfig) -> None:
         torch.set_num_threads(int(threads))
     for name in ("lightning.pytorch", "lightning.fabric", "transformers", "datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    import transformers
+    import warnings
+
+    transformers.utils.logging.disable_progress_bar()  # per-shard bars; the run's own bars say enough
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

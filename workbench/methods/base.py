@@ -88,7 +88,7 @@ class PolicyModule(L.LightningModule):
     # ---- optimization -----------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=(0.9, 0.95))
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=tuple(self.cfg.adam_betas))
         warmup = int(self.cfg.warmup_steps)
         total = max(self.total_steps, 1)
         kind = self.cfg.scheduler

@@ -6,24 +6,18 @@ Entries are factories ``make(task, **params) -> fn`` so a reward can close over 
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from workbench.errors import ConfigError
+from workbench.registry import Registry
 
 
 class RewardFn(Protocol):
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **fields) -> list[float]: ...
 
 
-REWARDS: dict[str, Callable[..., RewardFn]] = {}
-
-
-def register_reward(name: str):
-    def deco(factory):
-        REWARDS[name] = factory
-        return factory
-
-    return deco
+REWARDS: Registry = Registry("reward")  # name -> factory(task, **params) -> RewardFn
+register_reward = REWARDS.register
 
 
 @register_reward("correctness")

@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import torch
 
-ADVANTAGES = {}
+from workbench.registry import Registry
 
-
-def register_advantage(name: str):
-    def deco(fn):
-        ADVANTAGES[name] = fn
-        return fn
-
-    return deco
+ADVANTAGES = Registry("advantage estimator")
+register_advantage = ADVANTAGES.register
 
 
 @register_advantage("grpo")
