@@ -1,4 +1,8 @@
-"""The README's default experiment, end to end, exactly as `make run` runs it (slow: about 3 minutes)."""
+"""The README's default experiment, end to end, exactly as `make run` runs it (slow: about 3 minutes).
+
+Whether RL beats its SFT start is a measured result (bench/default_experiment.py, reports/), not an
+assertion here: this test checks that the whole path runs and records what it should.
+"""
 
 import json
 import subprocess
@@ -10,7 +14,7 @@ from conftest import cli_env, python
 
 
 @pytest.mark.slow
-def test_default_experiment_improves_on_its_sft_start(tmp_path):
+def test_default_experiment_runs_end_to_end(tmp_path):
     env = cli_env(tmp_path)
     done = subprocess.run([python(), "-m", "workbench.train", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=900)
@@ -18,7 +22,9 @@ def test_default_experiment_improves_on_its_sft_start(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["method"] == "grpo" and summary["task"] == "arithmetic" and summary["seed"] == 0
     m = summary["metrics"]
-    assert m["test/accuracy"] > m["test_before/accuracy"], m
+    assert 0.0 <= m["test_before/accuracy"] <= 1.0 and 0.0 <= m["test/accuracy"] <= 1.0
+    assert m["test_before/accuracy"] > 0.0, "the SFT warm start learned nothing"
+    assert m["steps"] == 300
     # the closing table names the run and how to open the UI
     assert summary["mlflow_run_id"] in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
