@@ -62,3 +62,11 @@ def test_config_composes_and_instantiates(group, option, tmp_path, local_model_d
     assert trainer.max_steps == cfg.trainer.max_steps
     if group == "trainer" and option == "ddp_cpu":
         assert trainer.num_devices == 2
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml")))
+def test_experiment_bundles_compose_and_validate(option, tmp_path):
+    cfg = compose_cfg([f"experiment={option}"], tmp_path / "run")
+    OmegaConf.resolve(cfg)
+    validate(cfg)
+    assert method_class(cfg.method.module).family == cfg.method.family
