@@ -194,10 +194,15 @@ def sft_base(cfg: DictConfig, task: Task, parent: RunLogger, run_dir: Path) -> P
     except BaseException:
         logger.close("FAILED")
         raise
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # parallel jobs never share a folder
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save(tmp)
-    tmp.rename(path)
+    try:
+        tmp.rename(path)
+    except OSError:
+        if not has_weights(path):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # a parallel job with the same base finished first
     logger.set_tags({"workbench.sft_base_path": str(path)})
     logger.close("FINISHED")
     parent.set_tags({"workbench.sft_base_run_id": logger.run_id, "workbench.sft_base_path": str(path)})
