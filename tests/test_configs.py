@@ -58,7 +58,7 @@ def test_config_composes_and_instantiates(group, option, tmp_path, local_model_d
     policy = build_policy(cfg.model, cfg.paths.cache_dir, corpus=task.corpus())
     module = module_cls(policy, task, cfg.method, cfg.trainer)
     assert module.family == cfg.method.family
-    trainer = build_trainer(cfg, make_logger(cfg), tmp_path / "run")
+    trainer = build_trainer(cfg, make_logger(cfg), tmp_path / "run", module.automatic_optimization)
     assert trainer.max_steps == cfg.trainer.max_steps
     if group == "trainer" and option == "ddp_cpu":
         assert trainer.num_devices == 2

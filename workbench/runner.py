@@ -122,7 +122,7 @@ class StepProgressBar(RichProgressBar):
         return f"{self.trainer.lightning_module.cfg.name} (max {self.trainer.max_steps} steps)"
 
 
-def build_trainer(cfg: DictConfig, logger: RunLogger, run_dir: Path) -> L.Trainer:
+def build_trainer(cfg: DictConfig, logger: RunLogger, run_dir: Path, automatic_optimization: bool = True) -> L.Trainer:
     t = cfg.trainer
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -135,7 +135,6 @@ def build_trainer(cfg: DictConfig, logger: RunLogger, run_dir: Path) -> L.Traine
     callbacks = [checkpoints, PendingMetricsInCheckpoint(logger)]
     if t.progress_bar:
         callbacks.append(StepProgressBar(leave=True))
-    manual = cfg.method.family != "sft"
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -148,7 +147,7 @@ def build_trainer(cfg: DictConfig, logger: RunLogger, run_dir: Path) -> L.Traine
         check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every_n_steps,
         num_sanity_val_steps=0,
-        gradient_clip_val=None if manual else cfg.method.max_grad_norm,
+        gradient_clip_val=cfg.method.max_grad_norm if automatic_optimization else None,  # manual steps clip themselves
         logger=logger,
         callbacks=callbacks,
         enable_progress_bar=bool(t.progress_bar),
@@ -160,7 +159,7 @@ def build_trainer(cfg: DictConfig, logger: RunLogger, run_dir: Path) -> L.Traine
 def fit_stage(cfg: DictConfig, task: Task, policy: Policy, logger: RunLogger, run_dir: Path,
               resume_from: Path | None = None, evaluate_before: bool = True) -> dict[str, float]:
     module = method_class(cfg.method.module)(policy, task, cfg.method, cfg.trainer)
-    trainer = build_trainer(cfg, logger, run_dir)
+    trainer = build_trainer(cfg, logger, run_dir, module.automatic_optimization)
     results: dict[str, float] = {}
     if evaluate_before:
         module.eval_prefix = "test_before"

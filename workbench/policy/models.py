@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from workbench.config import check_local_model, has_weights  # noqa: F401 - re-exported
+from workbench.config import MODEL_DTYPES, check_local_model, has_weights  # noqa: F401 - re-exported
 from workbench.errors import ConfigError
 from workbench.policy.tokenizer import train_tokenizer
 
@@ -57,7 +57,7 @@ class Policy:
         (directory / "workbench_policy.json").write_text(json.dumps({"use_chat_template": self.use_chat_template}))
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in MODEL_DTYPES}
 
 
 def _dtype(name: str) -> torch.dtype:

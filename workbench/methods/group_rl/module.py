@@ -97,7 +97,7 @@ class GroupRLModule(PolicyModule):
             log["accuracy"] = parts["correctness"].mean()
         for name, values in parts.items():
             log[f"reward/{name}"] = values.mean()
+        self.log("train/reward", log.pop("reward"), prog_bar=True, on_step=True, batch_size=len(prompts))
         self.log_dict({f"train/{k}": v for k, v in log.items()}, on_step=True, batch_size=len(prompts))
-        self.log("train/reward_mean", rewards.mean(), prog_bar=True, on_step=True, batch_size=len(prompts), logger=False)
         tokens = int(rollout.prompt_mask.sum() + mask.sum()) * (1 + cfg.inner_iterations)
         self.count_tokens(tokens)
