@@ -75,6 +75,20 @@ def _check_rewards(specs) -> None:
             raise ConfigError(f"method.rewards[{i}].weight", f"must be a number, got {weight!r}", "e.g. weight: 1.0")
 
 
+def _check_pass_k(cfg: DictConfig) -> None:
+    ks = OmegaConf.select(cfg, "method.eval.pass_k") or []
+    if not ks:
+        return
+    samples = OmegaConf.select(cfg, "method.eval.num_samples")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError("method.eval.num_samples", f"must be a positive count, got {samples!r}", "e.g. method.eval.num_samples=8")
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= samples]
+    if bad:
+        raise ConfigError("method.eval.pass_k", f"{bad} outside 1..num_samples={samples}",
+                          f"use k values <= method.eval.num_samples or raise num_samples")
+    _positive(cfg, "method.eval.temperature", "sample pass@k with method.eval.temperature > 0, e.g. 1.0")
+
+
 def _check_batch_fits(cfg: DictConfig, key: str, batch_size) -> None:
     """A batch larger than the train split gives zero steps (the loader drops the last partial batch)."""
     train_size = OmegaConf.select(cfg, "task.train_size")
@@ -124,6 +138,7 @@ def validate(cfg: DictConfig) -> None:
         _choice(cfg, "method.advantage", tuple(ADVANTAGES))
     if "rewards" in m:
         _check_rewards(m.rewards)
+    _check_pass_k(cfg)
     _check_batch_fits(cfg, "method.batch_size", OmegaConf.select(cfg, "method.batch_size"))
     if m.get("init") == "sft":  # the SFT warm start trains first: its settings are checked now, not after it
         base = base_config(cfg).method

@@ -18,6 +18,19 @@ from workbench.policy.sampler import sample
 from workbench.tasks import Task
 
 
+def pass_at_k(num_correct: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """1 - C(n-c, k) / C(n, k) per prompt, computed as a stable product."""
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@{k} needs 1 <= k <= eval.num_samples={n}")
+    out = []
+    for c in num_correct.long().tolist():
+        if n - c < k:
+            out.append(1.0)
+            continue
+        out.append(1.0 - math.prod((n - c - i) / (n - i) for i in range(k)))
+    return torch.tensor(out)
+
+
 def prompt_collate(rows: list[dict]) -> dict[str, list]:
     return {key: [row[key] for row in rows] for key in rows[0]}
 
@@ -78,6 +91,22 @@ class PolicyModule(L.LightningModule):
         self.log(f"{prefix}/accuracy", correct.mean(), batch_size=n, on_epoch=True, sync_dist=True)
         self.log(f"{prefix}/completion_length", rollout.lengths.float().mean(), batch_size=n, on_epoch=True, sync_dist=True)
         self.log(f"{prefix}/truncated_frac", rollout.truncated.float().mean(), batch_size=n, on_epoch=True, sync_dist=True)
+        ks = list(self.cfg.eval.get("pass_k") or [])
+        if ks:
+            self._pass_at_k(batch, prefix, ks)
+
+    def _pass_at_k(self, batch, prefix: str, ks: list[int]) -> None:
+        """Unbiased pass@k (Chen et al. 2021) from ``eval.num_samples`` samples per prompt at ``eval.temperature``."""
+        samples = int(self.cfg.eval.num_samples)
+        rollout = sample(
+            self.model, self.tokenizer, self.formatted(batch["prompt"]), n=samples,
+            max_new_tokens=self.cfg.eval.max_new_tokens, temperature=float(self.cfg.eval.temperature),
+        )
+        answers = [a for a in batch["answer"] for _ in range(samples)]
+        correct = torch.tensor([float(self.task.verify(t, a)) for t, a in zip(rollout.texts, answers)]).view(-1, samples)
+        for k in ks:
+            values = pass_at_k(correct.sum(-1), samples, k)
+            self.log(f"{prefix}/pass@{k}", values.mean(), batch_size=len(values), on_epoch=True, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._greedy_eval(batch, "val")

@@ -26,6 +26,33 @@ class Rollout:
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
+    def select(self, rows: torch.Tensor | list[int]) -> "Rollout":
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.prompt_ids.device)
+        return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows], self.completion_mask[rows],
+                       [self.texts[i] for i in rows.tolist()], self.truncated[rows])
+
+    @staticmethod
+    def cat(parts: list["Rollout"], pad_id: int) -> "Rollout":
+        """Stack rollouts of different widths: prompts stay left-padded, completions right-padded."""
+        width_p = max(r.prompt_ids.shape[1] for r in parts)
+        width_c = max(r.completion_ids.shape[1] for r in parts)
+
+        def pad(x, width, value, left):
+            extra = width - x.shape[1]
+            if extra == 0:
+                return x
+            filler = x.new_full((x.shape[0], extra), value)
+            return torch.cat([filler, x] if left else [x, filler], dim=1)
+
+        return Rollout(
+            torch.cat([pad(r.prompt_ids, width_p, pad_id, True) for r in parts]),
+            torch.cat([pad(r.prompt_mask, width_p, 0, True) for r in parts]),
+            torch.cat([pad(r.completion_ids, width_c, pad_id, False) for r in parts]),
+            torch.cat([pad(r.completion_mask, width_c, 0, False) for r in parts]),
+            [t for r in parts for t in r.texts],
+            torch.cat([r.truncated for r in parts]),
+        )
+
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
