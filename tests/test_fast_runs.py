@@ -1,14 +1,18 @@
 """Every method does a short end-to-end run through train.run, and its MLflow record reads back."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
 
+from workbench import ROOT
 from workbench.train import run
 
+METHODS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
 
-@pytest.mark.parametrize("method", ["sft", "grpo"])
+
+@pytest.mark.parametrize("method", METHODS)
 def test_method_fast_run(fast_cfg, method, tmp_path):
     summary = run(fast_cfg(method))
     m = summary["metrics"]

@@ -48,7 +48,9 @@ def _positive(cfg: DictConfig, key: str, hint: str, allow_zero: bool = False) ->
 
 SCHEDULERS = ("cosine", "constant")  # workbench/methods/base.py: configure_optimizers
 KL_ESTIMATORS = ("k1", "k3")  # workbench/methods/group_rl/losses.py: kl_estimate
-LOSS_AGGREGATIONS = ("seq_mean_token_mean", "token_mean")  # workbench/methods/group_rl/losses.py: aggregate
+LOSS_AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")  # losses.py: aggregate
+IMPORTANCE_LEVELS = ("token", "sequence", "sequence_token")  # losses.py: log_importance_ratio
+REWARD_AGGREGATIONS = ("weighted_sum", "normalize_then_sum")  # workbench/rewards: RewardSet
 
 
 def _choice(cfg: DictConfig, key: str, options: tuple[str, ...]) -> None:
@@ -73,6 +75,31 @@ def _check_rewards(specs) -> None:
         weight = spec.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ConfigError(f"method.rewards[{i}].weight", f"must be a number, got {weight!r}", "e.g. weight: 1.0")
+
+
+def _check_group_rl(cfg: DictConfig) -> None:
+    m = cfg.method
+    if "group_size" not in m:
+        return
+    from workbench.methods.group_rl.losses import POLICY_LOSSES
+    from workbench.policy.generation import GENERATORS
+
+    _choice(cfg, "method.policy_loss", tuple(POLICY_LOSSES))
+    _choice(cfg, "method.importance_level", IMPORTANCE_LEVELS)
+    _choice(cfg, "method.reward_aggregation", REWARD_AGGREGATIONS)
+    _choice(cfg, "method.generation.backend", tuple(GENERATORS))
+    mb = m.get("minibatch_size")
+    if mb and isinstance(m.group_size, int) and mb % m.group_size and (m.get("policy_loss") == "disco" or m.get("shared_prefix")):
+        raise ConfigError("method.minibatch_size", f"{mb} splits groups of {m.group_size}, which DisCO and the shared-prefix "
+                          "forward need whole", f"use a multiple of method.group_size ({m.group_size})")
+    if m.get("kl_in_reward") and not (m.get("beta", 0) > 0):
+        raise ConfigError("method.kl_in_reward", "is on but method.beta is 0, so there is no KL to fold into the reward",
+                          "set method.beta > 0 or method.kl_in_reward=false")
+    ds = m.get("dynamic_sampling") or {}
+    rounds = ds.get("max_rounds", 0)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ConfigError("method.dynamic_sampling.max_rounds", f"must be a whole number >= 0, got {rounds!r}",
+                          "e.g. method.dynamic_sampling.max_rounds=3")
 
 
 def _check_pass_k(cfg: DictConfig) -> None:
@@ -138,6 +165,7 @@ def validate(cfg: DictConfig) -> None:
         _choice(cfg, "method.advantage", tuple(ADVANTAGES))
     if "rewards" in m:
         _check_rewards(m.rewards)
+    _check_group_rl(cfg)
     _check_pass_k(cfg)
     _check_batch_fits(cfg, "method.batch_size", OmegaConf.select(cfg, "method.batch_size"))
     if m.get("init") == "sft":  # the SFT warm start trains first: its settings are checked now, not after it

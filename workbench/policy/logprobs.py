@@ -67,8 +67,9 @@ class Reference:
         return self
 
     @torch.no_grad()
-    def logprobs(self, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float = 1.0):
+    def logprobs(self, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float = 1.0, fn=None):
+        """``fn`` is the log-prob function of the policy (``token_logprobs`` or the shared-prefix one)."""
         ctx = self._model.disable_adapter() if self.use_adapters_off else contextlib.nullcontext()
         with ctx:
-            lp, _ = token_logprobs(self._model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
+            lp, _ = (fn or token_logprobs)(self._model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature)
         return lp

@@ -1,19 +1,27 @@
-"""Group RL, one step: sample G completions per prompt -> rewards -> group advantages -> clipped update.
+"""Group RL, one step: sample G completions per prompt -> rewards -> advantages -> policy-loss update.
 
-The pieces are chosen by config (``advantage``, ``loss_agg``, ``kl_estimator``), so variants swap a
-registry entry, not this loop.
+Every variant (GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++, GSPO, SEED-GRPO, DisCO, HAPO, ...) is this loop
+with other registry entries chosen by config: ``advantage`` (advantages.py), ``policy_loss`` and
+``loss_agg`` / ``importance_level`` (losses.py), ``rewards`` (workbench/rewards), plus the switches
+``dynamic_sampling``, ``mask_truncated`` (overlong filtering), ``kl_in_reward`` and ``shared_prefix``.
 """
 
 from __future__ import annotations
+
+import time
+from contextlib import contextmanager
 
 import torch
 
 from workbench.methods.base import PolicyModule
 from workbench.methods.group_rl.advantages import ADVANTAGES
-from workbench.methods.group_rl.losses import grpo_loss
+from workbench.methods.group_rl.losses import POLICY_LOSSES, kl_estimate
+from workbench.methods.group_rl.rollouts import GroupBatch, collect_with_dynamic_sampling
+from workbench.policy.generation import build_generator
 from workbench.policy.logprobs import Reference, token_logprobs
-from workbench.policy.sampler import Rollout, sample
+from workbench.policy.shared_prefix import shared_prefix_token_logprobs
 from workbench.rewards import RewardSet
+from workbench.tasks.base import normalize_number
 
 
 class GroupRLModule(PolicyModule):
@@ -22,82 +30,175 @@ class GroupRLModule(PolicyModule):
     def __init__(self, policy, task, method, trainer_cfg=None):
         super().__init__(policy, task, method, trainer_cfg)
         self.automatic_optimization = False  # mu inner updates per rollout
-        self.rewards = RewardSet(method.rewards, task)
+        self.rewards = RewardSet(method.rewards, task, aggregation=method.get("reward_aggregation", "weighted_sum"))
+        self.generator = build_generator(method.get("generation"))
         self.reference = None
         if method.beta > 0 or method.log_kl:
             self.reference = Reference(self.model, use_adapters_off=hasattr(self.model, "disable_adapter"))
+        self._times: dict[str, float] = {}
 
     def on_fit_start(self):
         if self.reference is not None:
             self.reference.to(self.device)
 
-    def _logprobs(self, rollout: Rollout, rows: slice, with_entropy: bool = False):
-        return token_logprobs(
-            self.model, rollout.prompt_ids[rows], rollout.prompt_mask[rows], rollout.completion_ids[rows],
-            rollout.completion_mask[rows], temperature=self.cfg.temperature, with_entropy=with_entropy,
-        )
+    # ---- rollouts ---------------------------------------------------------------------------------
+    def _score(self, batch: dict) -> GroupBatch:
+        cfg, G = self.cfg, self.cfg.group_size
+        rollout = self.generator(self.model, self.tokenizer, self.formatted(batch["prompt"]), n=G,
+                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        fields = {k: [v for v in vals for _ in range(G)] for k, vals in batch.items()}
+        prompts = fields.pop("prompt")
+        rewards, parts = self.rewards(prompts, rollout.texts, group_size=G,
+                                      completion_lengths=rollout.lengths.tolist(), **fields)
+        correct = torch.tensor([float(self.task.verify(t, a)) for t, a in zip(rollout.texts, fields["answer"])])
+        return GroupBatch(rollout, rewards, parts, correct, {"prompt": prompts, **fields}, G)
 
+    def _fresh_prompts(self, round_: int) -> dict:
+        """Extra prompts for dynamic sampling, a function of (seed, step, round) so a resumed run draws the same."""
+        split = self.task.split("train")
+        gen = torch.Generator().manual_seed(torch.initial_seed() % 2**31 * 1_000_003 + self.global_step * 101 + round_)
+        rows = split.select(torch.randperm(len(split), generator=gen)[: self.cfg.batch_size // max(1, self.trainer.world_size)].tolist())
+        return {k: list(rows[k]) for k in rows.column_names}
+
+    def _collect(self, batch: dict) -> GroupBatch:
+        ds = self.cfg.get("dynamic_sampling") or {}
+        if not ds.get("enabled", False):
+            return self._score(batch)
+        rounds = iter(range(1, 10**9))
+        return collect_with_dynamic_sampling(batch, self._score, lambda: self._fresh_prompts(next(rounds)),
+                                             int(ds.get("max_rounds", 3)), self.tokenizer.pad_token_id)
+
+    def _cluster_ids(self, data: GroupBatch) -> torch.Tensor:
+        """Semantic clusters for SEED-GRPO: completions with the same normalized answer share a label."""
+        labels = []
+        for g in range(data.num_groups):
+            seen: dict[str, int] = {}
+            for text in data.rollout.texts[g * data.group_size : (g + 1) * data.group_size]:
+                raw = self.task.extract_answer(text)
+                key = normalize_number(raw) or (raw.strip() if raw else f"<none:{len(seen)}>")  # unparsed: its own cluster
+                labels.append(seen.setdefault(key, len(seen)))
+        return torch.tensor(labels).view(data.num_groups, data.group_size)
+
+    # ---- log-probs (one path, optionally with the prompt encoded once per group) ----------------
+    def _logprob_fn(self):
+        if self.cfg.get("shared_prefix", False):
+            G = self.cfg.group_size
+            return lambda model, *args, **kw: shared_prefix_token_logprobs(model, *args, group_size=G, **kw)
+        return token_logprobs
+
+    def _chunks(self, n: int) -> list[slice]:
+        mb = self.cfg.minibatch_size or n
+        return [slice(i, min(i + mb, n)) for i in range(0, n, mb)]
+
+    @contextmanager
+    def _timed(self, name: str):
+        start = time.perf_counter()
+        yield
+        self._times[name] = self._times.get(name, 0.0) + time.perf_counter() - start
+
+    # ---- the step ---------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         cfg, G = self.cfg, self.cfg.group_size
-        prompts = batch["prompt"]
-        rollout = sample(
-            self.model, self.tokenizer, self.formatted(prompts), n=G,
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-        )
-        fields = {k: [v for v in vals for _ in range(G)] for k, vals in batch.items()}
-        rewards, parts = self.rewards(fields.pop("prompt"), rollout.texts, **fields)
-        advantages = ADVANTAGES[cfg.advantage](rewards.view(-1, G)).reshape(-1).to(self.device)
-        mask = rollout.completion_mask.float()
+        self._times = {}
+        with self._timed("generation"):
+            data = self._collect(batch)
+        r = data.rollout
+        n = len(r)
+        mask = r.completion_mask.float()
+        loss_mask = mask * (~r.truncated).float().unsqueeze(-1) if cfg.get("mask_truncated", False) else mask
+        logprob_fn, chunks = self._logprob_fn(), self._chunks(n)
 
-        n, mb = len(rollout), cfg.minibatch_size or len(rollout)
-        chunks = [slice(i, min(i + mb, n)) for i in range(0, n, mb)]
-        with torch.no_grad():
-            old = torch.cat([self._logprobs(rollout, c)[0] for c in chunks]) if cfg.inner_iterations > 1 else None
+        def logprobs_of(model, c, with_entropy=False):
+            return logprob_fn(model, r.prompt_ids[c], r.prompt_mask[c], r.completion_ids[c], r.completion_mask[c],
+                              temperature=cfg.temperature, with_entropy=with_entropy)
+
+        with self._timed("logprobs"), torch.no_grad():
+            # with one update per rollout pi_old == pi, so the ratio's value is 1 and we reuse the live log-probs
+            old = torch.cat([logprobs_of(self.model, c)[0] for c in chunks]) if cfg.inner_iterations > 1 or cfg.get("kl_in_reward") else None
             ref = None
             if self.reference is not None:
-                ref = torch.cat([
-                    self.reference.logprobs(rollout.prompt_ids[c], rollout.prompt_mask[c], rollout.completion_ids[c],
-                                            rollout.completion_mask[c], cfg.temperature)
-                    for c in chunks
-                ])
+                ref = torch.cat([self.reference.logprobs(r.prompt_ids[c], r.prompt_mask[c], r.completion_ids[c],
+                                                         r.completion_mask[c], cfg.temperature, fn=logprob_fn) for c in chunks])
 
-        opt, sched = self.optimizers(), self.lr_schedulers()
-        totals = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "entropy": 0.0}
-        for _ in range(cfg.inner_iterations):
-            opt.zero_grad()
-            for c in chunks:
-                logprobs, entropy = self._logprobs(rollout, c, with_entropy=True)
-                loss, stats = grpo_loss(
-                    logprobs, logprobs.detach() if old is None else old[c], advantages[c], mask[c],
-                    ref_logprobs=None if ref is None else ref[c], beta=cfg.beta,
-                    eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_kind=cfg.kl_estimator, agg=cfg.loss_agg,
-                )
-                self.check_finite(loss)
-                weight = (c.stop - c.start) / n  # minibatch losses are means; weight them into the batch mean
-                self.manual_backward(loss * weight)
-                totals["loss"] += loss.item() * weight / cfg.inner_iterations
-                totals["clip_frac"] += stats["clip_frac"].item() * weight / cfg.inner_iterations
-                totals["kl"] += stats.get("kl", torch.tensor(0.0)).item() * weight / cfg.inner_iterations
-                totals["entropy"] += ((entropy * mask[c]).sum() / mask[c].sum().clamp(min=1)).item() * weight / cfg.inner_iterations
-            if cfg.max_grad_norm:
-                self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
-            sched.step()
+        rewards = data.rewards.to(self.device)
+        if cfg.get("kl_in_reward", False) and ref is not None:
+            # RLOO / REINFORCE++ style: r_i <- r_i - beta * sum_t KL_t, the KL then stays out of the loss
+            rewards = rewards - cfg.beta * (kl_estimate(old, ref, "k1") * mask).sum(-1)
+        ctx = dict(cfg.get("advantage_params") or {})
+        if cfg.advantage == "seed_grpo":
+            ctx["cluster_ids"] = self._cluster_ids(data)
+        advantages = ADVANTAGES[cfg.advantage](rewards.view(-1, G), mask=mask, **ctx)
+        advantages = advantages.reshape(n, -1).squeeze(-1) if advantages.dim() == 2 else advantages.reshape(n, -1)
 
-        groups = rewards.view(-1, G)
-        log = dict(
-            loss=totals["loss"], reward=rewards.mean(), reward_std=groups.std(-1).mean(),
-            frac_zero_std_groups=(groups.std(-1) == 0).float().mean(), advantage_abs=advantages.abs().mean(),
-            clip_frac=totals["clip_frac"], entropy=totals["entropy"],
-            completion_length=rollout.lengths.float().mean(), truncated_frac=rollout.truncated.float().mean(),
+        loss_fn = POLICY_LOSSES[cfg.get("policy_loss", "clipped")]
+        loss_kwargs = dict(
+            beta=0.0 if cfg.get("kl_in_reward", False) else cfg.beta, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
+            kl_kind=cfg.kl_estimator, agg=cfg.loss_agg, max_length=cfg.max_new_tokens,
+            importance_level=cfg.get("importance_level", "token"), group_size=G,
         )
-        if self.reference is not None:
-            log["kl"] = totals["kl"]
-        if "correctness" in parts:
-            log["accuracy"] = parts["correctness"].mean()
-        for name, values in parts.items():
-            log[f"reward/{name}"] = values.mean()
-        self.log("train/reward", log.pop("reward"), prog_bar=True, on_step=True, batch_size=len(prompts))
-        self.log_dict({f"train/{k}": v for k, v in log.items()}, on_step=True, batch_size=len(prompts))
-        tokens = int(rollout.prompt_mask.sum() + mask.sum()) * (1 + cfg.inner_iterations)
+        loss_kwargs.update(cfg.get("loss_params") or {})  # e.g. DisCO's own beta (its KL constraint) replaces the KL coefficient
+        token_mean = cfg.loss_agg == "token_mean"
+        if token_mean:  # DAPO: one token count for the whole batch, so minibatches add up to the batch loss
+            loss_kwargs["token_normalizer"] = loss_mask.sum().clamp(min=1)
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        totals: dict[str, float] = {}
+        with self._timed("update"):
+            for _ in range(cfg.inner_iterations):
+                opt.zero_grad()
+                for c in chunks:
+                    logprobs, entropy = logprobs_of(self.model, c, with_entropy=True)
+                    loss, stats = loss_fn(
+                        logprobs, logprobs.detach() if old is None else old[c], advantages[c], loss_mask[c],
+                        ref_logprobs=None if ref is None else ref[c], labels=data.correct[c].to(self.device), **loss_kwargs,
+                    )
+                    self.check_finite(loss)
+                    weight = 1.0 if token_mean else (c.stop - c.start) / n  # per-chunk means -> the batch mean
+                    self.manual_backward(loss * weight)
+                    share = (c.stop - c.start) / n / cfg.inner_iterations
+                    stats["loss"] = loss.detach() * weight * n / (c.stop - c.start)
+                    stats["entropy"] = (entropy * mask[c]).sum() / mask[c].sum().clamp(min=1)
+                    for key, value in stats.items():
+                        totals[key] = totals.get(key, 0.0) + float(value) * share
+                if cfg.max_grad_norm:
+                    self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+                opt.step()
+                sched.step()
+            self.generator.sync(self.model)
+        self._log_step(data, rewards, advantages, totals, mask)
+
+    def _log_step(self, data: GroupBatch, rewards, advantages, totals, mask) -> None:
+        r, G = data.rollout, data.group_size
+        groups = rewards.view(-1, G)
+        lengths = r.lengths.float()
+        correct = data.correct.bool()
+        log = dict(
+            reward_std=groups.std(-1).mean(), accuracy=data.correct.mean(),
+            frac_zero_std_groups=(groups.std(-1) == 0).float().mean(),
+            advantage_abs=advantages.abs().mean() if advantages.dim() == 1 else (advantages.abs() * mask).sum() / mask.sum().clamp(min=1),
+            completion_length=lengths.mean(), truncated_frac=r.truncated.float().mean(),
+            **{k: v for k, v in totals.items() if k != "kl" or self.reference is not None},
+            **{f"time_{k}": v for k, v in self._times.items()},
+            **{f"dynamic_sampling/{k}": v for k, v in data.stats.items()},
+        )
+        if correct.any():
+            log["completion_length_correct"] = lengths[correct].mean()
+        if (~correct).any():
+            log["completion_length_incorrect"] = lengths[~correct].mean()
+        if len(data.parts) > 1:
+            for name, values in data.parts.items():
+                log[f"reward/{name}"] = values.mean()
+        P = data.num_groups
+        self.log("train/reward", rewards.mean(), prog_bar=True, on_step=True, batch_size=P)
+        self.log_dict({f"train/{k}": float(v) for k, v in log.items()}, on_step=True, batch_size=P)
+        tokens = int(r.prompt_mask.sum() + mask.sum()) * (1 + self.cfg.inner_iterations)
         self.count_tokens(tokens)
+
+    # ---- stateful rewards (HAPO's per-prompt history) travel with the checkpoint ----------------
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["workbench_reward_state"] = self.rewards.state_dict()
+
+    def on_load_checkpoint(self, checkpoint):
+        super().on_load_checkpoint(checkpoint)
+        if "workbench_reward_state" in checkpoint:
+            self.rewards.load_state_dict(checkpoint["workbench_reward_state"])
