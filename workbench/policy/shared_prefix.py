@@ -26,6 +26,9 @@ column, then each completion's columns but its last) are the same columns in eve
 Supported: models whose attention takes a user-passed 4-D mask as-is (transformers 5 Llama / Qwen2 and
 their peft wrappers) with the ``sdpa`` (boolean mask) or ``eager`` (additive float mask) attention
 implementation; no sliding-window attention (the window would count packed columns, not positions).
+The mask is dense, (B/G, 1, L, L) with L = P + G*T: bool for sdpa, float for eager, and attention runs
+over all L keys, the cross-completion blocks included (masked, not skipped), so the saving comes from
+the per-token work (projections, MLP) on G-1 prompt copies; it grows with P / (G*T).
 """
 
 from __future__ import annotations
