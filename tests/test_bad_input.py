@@ -170,6 +170,15 @@ def test_cli_unknown_group_option_lists_choices(cli):
     (["method.beta=-1"], "method.beta"),
     (["method.inner_iterations=0"], "method.inner_iterations"),
     (["trainer=ddp_cpu", "method.inner_iterations=2"], "method.inner_iterations"),
+    (["method.policy_loss=ppo2"], "method.policy_loss"),
+    (["method.importance_level=seq"], "method.importance_level"),
+    (["method.reward_aggregation=mean"], "method.reward_aggregation"),
+    (["method.generation.backend=tpu"], "method.generation.backend"),
+    (["method.policy_loss=disco", "method.minibatch_size=3"], "method.minibatch_size"),
+    (["method.kl_in_reward=true", "method.beta=0"], "method.kl_in_reward"),
+    (["method.dynamic_sampling.max_rounds=-1"], "method.dynamic_sampling.max_rounds"),
+    (["method.eval.pass_k=[9]"], "method.eval.pass_k"),
+    (["method.eval.pass_k=[1]", "method.eval.num_samples=0"], "method.eval.num_samples"),
 ])
 def test_validate_names_the_field(tmp_path, overrides, field):
     cfg = compose_cfg([*FAST, *FAST_GRPO, *overrides], tmp_path / "run")
@@ -183,6 +192,7 @@ def test_validate_names_the_field(tmp_path, overrides, field):
 @pytest.mark.parametrize("method, extra", [
     ("sft", []), ("grpo", []), ("grpo", ["method.beta=0", "method.top_p=1", "method.minibatch_size=4"]),
     ("sft", ["method.scheduler=constant", "task.train_size=4"]),
+    ("dapo", []), ("disco", ["method.minibatch_size=4"]), ("rloo", []), ("grpo", ["method.eval.pass_k=[1,4]"]),
 ])
 def test_validate_accepts_good_configs(tmp_path, method, extra):
     cfg = compose_cfg([f"method={method}", *FAST, *(FAST_GRPO if method != "sft" else []), *extra], tmp_path / "run")

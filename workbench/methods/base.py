@@ -106,7 +106,7 @@ class PolicyModule(L.LightningModule):
         correct = torch.tensor([float(self.task.verify(t, a)) for t, a in zip(rollout.texts, answers)]).view(-1, samples)
         for k in ks:
             values = pass_at_k(correct.sum(-1), samples, k)
-            self.log(f"{prefix}/pass@{k}", values.mean(), batch_size=len(values), on_epoch=True, sync_dist=True)
+            self.log(f"{prefix}/pass_at_{k}", values.mean(), batch_size=len(values), on_epoch=True, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._greedy_eval(batch, "val")
