@@ -179,6 +179,7 @@ def test_cli_unknown_group_option_lists_choices(cli):
     (["method.dynamic_sampling.max_rounds=-1"], "method.dynamic_sampling.max_rounds"),
     (["method.eval.pass_k=[9]"], "method.eval.pass_k"),
     (["method.eval.pass_k=[1]", "method.eval.num_samples=0"], "method.eval.num_samples"),
+    (["method=brpo", "method.budgets=[3,2]"], "method.budgets"),
 ])
 def test_validate_names_the_field(tmp_path, overrides, field):
     cfg = compose_cfg([*FAST, *FAST_GRPO, *overrides], tmp_path / "run")

@@ -166,6 +166,10 @@ def validate(cfg: DictConfig) -> None:
     if "rewards" in m:
         _check_rewards(m.rewards)
     _check_group_rl(cfg)
+    if OmegaConf.select(cfg, "method.budgets") is not None:  # BRPO's own fields, before the SFT warm start
+        from workbench.methods.group_rl.brpo import validate_brpo
+
+        validate_brpo(m)
     _check_pass_k(cfg)
     _check_batch_fits(cfg, "method.batch_size", OmegaConf.select(cfg, "method.batch_size"))
     if m.get("init") == "sft":  # the SFT warm start trains first: its settings are checked now, not after it
