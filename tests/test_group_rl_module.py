@@ -21,7 +21,7 @@ def _history(cfg, run_id: str, key: str) -> list[float]:
 def test_shared_prefix_run_equals_the_naive_run(fast_cfg):
     """Same seed, same samples: the prompt-once forward gives the same losses and the same trained policy."""
     extra = ["method.group_size=4", "method.beta=0.04"]
-    naive = run(fast_cfg("grpo", extra, run_dir="naive"))
+    naive = run(fast_cfg("grpo", [*extra, "method.shared_prefix=false"], run_dir="naive"))
     shared_cfg = fast_cfg("grpo", [*extra, "method.shared_prefix=true"], run_dir="shared")
     shared = run(shared_cfg)
     for key in ("train/loss", "train/kl", "train/reward"):
@@ -88,3 +88,21 @@ def test_vllm_backend_samples(fast_cfg):
         pytest.skip("vllm needs a CUDA GPU; none on this machine")
     summary = run(fast_cfg("grpo", ["trainer=gpu", "method.generation.backend=vllm", "model.dtype=bfloat16"]))
     assert summary["metrics"]["steps"] == 4
+
+
+def test_shared_prefix_on_an_unsupported_attention_is_a_config_error(fast_cfg, monkeypatch):
+    from workbench.methods.group_rl.module import GroupRLModule
+
+    cfg = fast_cfg("grpo")
+    captured = {}
+    original = GroupRLModule._check_shared_prefix_support
+
+    def spy(self):
+        self.model.config._attn_implementation = "flash_attention_2"
+        captured["called"] = True
+        original(self)
+
+    monkeypatch.setattr(GroupRLModule, "_check_shared_prefix_support", spy)
+    with pytest.raises(ConfigError) as info:
+        run(cfg)
+    assert captured["called"] and info.value.field == "method.shared_prefix"

@@ -36,6 +36,20 @@ class GroupRLModule(PolicyModule):
         if method.beta > 0 or method.log_kl:
             self.reference = Reference(self.model, use_adapters_off=hasattr(self.model, "disable_adapter"))
         self._times: dict[str, float] = {}
+        if method.get("shared_prefix", False):
+            self._check_shared_prefix_support()
+
+    def _check_shared_prefix_support(self) -> None:
+        from workbench.errors import ConfigError
+        from workbench.policy.shared_prefix import SUPPORTED_ATTENTION
+
+        config = self.model.config
+        impl = getattr(config, "_attn_implementation", None)
+        sliding = getattr(config, "use_sliding_window", False) or "sliding_attention" in (getattr(config, "layer_types", None) or ())
+        if impl not in SUPPORTED_ATTENTION or sliding:
+            why = "sliding-window attention" if sliding else f"attention implementation {impl!r}"
+            raise ConfigError("method.shared_prefix", f"this model's {why} cannot take the packed 4-D mask",
+                              f"set method.shared_prefix=false (or load the model with attn_implementation in {list(SUPPORTED_ATTENTION)})")
 
     def on_fit_start(self):
         if self.reference is not None:
