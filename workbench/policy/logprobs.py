@@ -32,7 +32,15 @@ def token_logprobs(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
         logits_to_keep=T + 1,
     ).logits
-    logits = logits[:, -(T + 1) : -1].float()
+    return completion_logprobs(logits[:, -(T + 1) : -1], completion_ids, completion_mask, temperature, with_entropy)
+
+
+def completion_logprobs(
+    logits: torch.Tensor, completion_ids: torch.Tensor, completion_mask: torch.Tensor, temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T, V) logits predicting each completion token -> (B, T) log-probs (+ entropy), zero on padding."""
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     log_z = torch.logsumexp(logits, dim=-1)

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import torch
 
+from workbench.policy.logprobs import completion_logprobs
+
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
@@ -113,16 +115,4 @@ def shared_prefix_token_logprobs(
         input_ids=input_ids, attention_mask=allowed, position_ids=position_ids, use_cache=False,
         logits_to_keep=keep.flatten(),
     ).logits  # (n, G*T, V)
-    logits = logits.reshape(B, T, -1).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    log_z = torch.logsumexp(logits, dim=-1)
-    chosen = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
-    padding = completion_mask == 0
-    logprobs = (chosen - log_z).masked_fill(padding, 0.0)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            probs = torch.softmax(logits, dim=-1)
-            entropy = (log_z - (probs * logits).sum(-1)).masked_fill(padding, 0.0)
-    return logprobs, entropy
+    return completion_logprobs(logits.reshape(B, T, -1), completion_ids, completion_mask, temperature, with_entropy)

@@ -7,7 +7,7 @@ import random
 from datasets import Dataset, DatasetDict
 
 from workbench.errors import ConfigError
-from workbench.tasks.base import NUMBER, Task
+from workbench.tasks.base import NUMBER, Task, check_operators, check_positive_sizes
 
 OPERATORS = ("+", "-", "*")
 
@@ -35,12 +35,8 @@ class ArithmeticTask(Task):
             raise ConfigError("task.num_operands", f"must be >= 2, got {num_operands}", "set task.num_operands=2 or more")
         if min_value < 0 or max_value <= min_value:
             raise ConfigError("task.max_value", f"need 0 <= min_value < max_value, got {min_value}..{max_value}", "widen the range")
-        bad = [op for op in operators if op not in OPERATORS]
-        if bad or not operators:
-            raise ConfigError("task.operators", f"unsupported {bad or 'empty list'}", f"choose from {list(OPERATORS)}")
-        for field, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
-            if size < 1:
-                raise ConfigError(f"task.{field}", f"must be >= 1, got {size}", f"set task.{field} to a positive count")
+        check_operators(operators, OPERATORS)
+        check_positive_sizes(train_size=train_size, val_size=val_size, test_size=test_size)
         space = (max_value - min_value + 1) ** num_operands * len(operators) ** (num_operands - 1)
         total = train_size + val_size + test_size
         if total > 0.8 * space:

@@ -56,6 +56,43 @@ class Task:
         return self.splits[name]
 
 
+def check_operators(operators, allowed: tuple[str, ...]) -> None:
+    bad = [op for op in operators if op not in allowed]
+    if bad or not operators:
+        raise ConfigError("task.operators", f"unsupported {bad or 'empty list'}", f"choose from {list(allowed)}")
+
+
+def check_positive_sizes(**sizes: int) -> None:
+    """Synthetic tasks: every split size a positive count."""
+    for field, size in sizes.items():
+        if size < 1:
+            raise ConfigError(f"task.{field}", f"must be >= 1, got {size}", f"set task.{field} to a positive count")
+
+
+def check_held_out_sizes(val_size, test_size, train_size, available: int, fix_hint: str = "") -> None:
+    """File-backed tasks: val/test positive counts, train a positive count or null, and something left to train on."""
+    for field, size in (("val_size", val_size), ("test_size", test_size)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"task.{field}", f"must be a positive count, got {size!r}", f"set task.{field} to e.g. 100")
+    if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1):
+        raise ConfigError("task.train_size", f"must be a positive count or null (the rest), got {train_size!r}",
+                          "set task.train_size=null to train on every problem not held out")
+    if val_size + test_size >= available:
+        raise ConfigError("task.test_size", f"val_size + test_size = {val_size + test_size} leaves no training problem "
+                          f"out of {available}", "lower task.val_size or task.test_size" + fix_hint)
+
+
+def held_out_splits(rows: list[dict], val_size: int, test_size: int, train_size: int | None, seed: int) -> DatasetDict:
+    """One seeded shuffle: test first, then validation, then (up to train_size of) the rest."""
+    shuffled = Dataset.from_list(rows).shuffle(seed=seed)
+    test = shuffled.select(range(test_size))
+    validation = shuffled.select(range(test_size, test_size + val_size))
+    train = shuffled.select(range(test_size + val_size, len(shuffled)))
+    if train_size is not None:
+        train = train.select(range(min(train_size, len(train))))
+    return DatasetDict(train=train, validation=validation, test=test)
+
+
 def read_jsonl(path: str | Path, required: tuple[str, ...], field: str) -> list[dict]:
     """Read a JSONL file, failing on the first bad line with its number."""
     path = Path(path)

@@ -18,7 +18,7 @@ from fractions import Fraction
 from datasets import Dataset, DatasetDict
 
 from workbench.errors import ConfigError
-from workbench.tasks.base import Task
+from workbench.tasks.base import Task, check_operators, check_positive_sizes
 
 OPERATORS = ("+", "-", "*", "/")
 AST_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
@@ -92,12 +92,8 @@ class CountdownTask(Task):
         if max_target < 1:
             raise ConfigError("task.max_target", f"must be >= 1, got {max_target}", "set task.max_target to e.g. 100")
         operators = tuple([operators] if isinstance(operators, str) else operators)
-        bad = [op for op in operators if op not in OPERATORS]
-        if bad or not operators:
-            raise ConfigError("task.operators", f"unsupported {bad or 'empty list'}", f"choose from {list(OPERATORS)}")
-        for field, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
-            if size < 1:
-                raise ConfigError(f"task.{field}", f"must be >= 1, got {size}", f"set task.{field} to a positive count")
+        check_operators(operators, OPERATORS)
+        check_positive_sizes(train_size=train_size, val_size=val_size, test_size=test_size)
         if "{numbers}" not in prompt_template or "{target}" not in prompt_template:
             raise ConfigError("task.prompt_template", "must contain '{numbers}' and '{target}'", "see conf/task/countdown.yaml")
         self.operators = operators

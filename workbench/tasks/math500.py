@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict
 
 from workbench.errors import ConfigError
 from workbench.rewards.verifiable import math_equivalent
-from workbench.tasks.base import Task, read_jsonl
+from workbench.tasks.base import Task, check_held_out_sizes, held_out_splits, read_jsonl
 
 DEFAULT_TEMPLATE = "Problem: {problem}\nPut the final answer in \\boxed{{}}.\nSolution:"
 
@@ -44,15 +43,7 @@ class MATH500Task(Task):
             if not levels or any(isinstance(v, bool) or v not in (1, 2, 3, 4, 5) for v in levels):
                 raise ConfigError("task.levels", f"must be a list of MATH levels 1..5 or null, got {levels!r}", "e.g. task.levels=[1,2]")
             records = [r for r in records if int(r["level"]) in levels]
-        for field, size in (("val_size", val_size), ("test_size", test_size)):
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ConfigError(f"task.{field}", f"must be a positive count, got {size!r}", f"set task.{field} to e.g. 50")
-        if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1):
-            raise ConfigError("task.train_size", f"must be a positive count or null (the rest), got {train_size!r}",
-                              "set task.train_size=null to train on every problem not held out")
-        if val_size + test_size >= len(records):
-            raise ConfigError("task.test_size", f"val_size + test_size = {val_size + test_size} leaves no training problem "
-                              f"out of {len(records)}", "lower task.val_size or task.test_size (or widen task.levels)")
+        check_held_out_sizes(val_size, test_size, train_size, len(records), " (or widen task.levels)")
         if "{problem}" not in prompt_template:
             raise ConfigError("task.prompt_template", "must contain '{problem}'", "e.g. 'Problem: {problem}\\nSolution:'")
 
@@ -61,13 +52,7 @@ class MATH500Task(Task):
             "target": " " + r["solution"].strip(),
             "answer": r["answer"],
         } for r in records]
-        shuffled = Dataset.from_list(rows).shuffle(seed=seed)
-        test = shuffled.select(range(test_size))
-        validation = shuffled.select(range(test_size, test_size + val_size))
-        train = shuffled.select(range(test_size + val_size, len(shuffled)))
-        if train_size is not None:
-            train = train.select(range(min(train_size, len(train))))
-        self.splits = DatasetDict(train=train, validation=validation, test=test)
+        self.splits = held_out_splits(rows, val_size, test_size, train_size, seed)
 
     def extract_answer(self, completion: str) -> str | None:
         return last_boxed(completion)

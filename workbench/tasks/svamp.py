@@ -10,11 +10,10 @@ import json
 import re
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict
 
 from workbench.errors import ConfigError
-from workbench.tasks.base import NUMBER, Task, normalize_number
-from workbench.tasks.gsm8k import final_answer
+from workbench.tasks.base import Task, check_held_out_sizes, held_out_splits, normalize_number
+from workbench.tasks.gsm8k import GSM8KTask
 
 REQUIRED = ("Body", "Question", "Equation", "Answer")
 WHOLE_FLOAT = re.compile(r"(\d+)\.0\b")  # SVAMP writes '76.0'; the SFT target reads better as '76'
@@ -51,15 +50,7 @@ class SVAMPTask(Task):
     def __init__(self, data_dir: str, train_size: int | None = None, val_size: int = 100, test_size: int = 300,
                  prompt_template: str = "Question: {question}\nAnswer:", seed: int = 1234, **_unused):
         records = read_svamp(Path(data_dir) / "SVAMP.json")
-        for field, size in (("val_size", val_size), ("test_size", test_size)):
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ConfigError(f"task.{field}", f"must be a positive count, got {size!r}", f"set task.{field} to e.g. 100")
-        if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1):
-            raise ConfigError("task.train_size", f"must be a positive count or null (the rest), got {train_size!r}",
-                              "set task.train_size=null to train on every problem not held out")
-        if val_size + test_size >= len(records):
-            raise ConfigError("task.test_size", f"val_size + test_size = {val_size + test_size} leaves no training problem "
-                              f"out of {len(records)}", "lower task.val_size or task.test_size")
+        check_held_out_sizes(val_size, test_size, train_size, len(records))
         if "{question}" not in prompt_template:
             raise ConfigError("task.prompt_template", "must contain '{question}'", "e.g. 'Question: {question}\\nAnswer:'")
 
@@ -74,18 +65,6 @@ class SVAMPTask(Task):
                 "target": f" {equation} = {answer}\n#### {answer}",
                 "answer": answer,
             })
-        full = Dataset.from_list(rows).shuffle(seed=seed)
-        test = full.select(range(test_size))
-        validation = full.select(range(test_size, test_size + val_size))
-        train = full.select(range(test_size + val_size, len(full)))
-        if train_size is not None:
-            train = train.select(range(min(train_size, len(train))))
-        self.splits = DatasetDict(train=train, validation=validation, test=test)
+        self.splits = held_out_splits(rows, val_size, test_size, train_size, seed)
 
-    def extract_answer(self, completion: str) -> str | None:
-        """The number after '####' (as GSM8K), else the last number in the completion."""
-        answer = final_answer(completion)
-        if answer is not None:
-            return answer
-        numbers = NUMBER.findall(completion)
-        return numbers[-1] if numbers else None
+    extract_answer = GSM8KTask.extract_answer  # the number after '####', else the last number
