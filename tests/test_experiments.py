@@ -1,0 +1,27 @@
+"""Experiment bundles that need a real pretrained model run end to end (at smoke size)."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import open_dict
+
+from conftest import compose_cfg
+from workbench.train import run
+
+
+@pytest.mark.slow
+def test_grpo_gsm8k_smollm2_runs_grpo_steps_on_the_real_model(tmp_path):
+    """experiment=grpo_gsm8k_smollm2: GRPO on GSM8K from SmolLM2-135M-Instruct's own weights (GGUF)."""
+    cfg = compose_cfg([
+        "experiment=grpo_gsm8k_smollm2", "method.max_steps=2", "method.val_check_interval=2", "method.batch_size=1",
+        "method.group_size=2", "task.val_size=2", "task.test_size=2", "task.max_new_tokens=24", "method.eval.batch_size=2",
+        "trainer.progress_bar=false",
+    ], tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with open_dict(cfg):
+        cfg.task.train_size = 16
+    summary = run(cfg)
+    m = summary["metrics"]
+    assert summary["model"] == "smollm2_135m" and summary["task"] == "gsm8k" and summary["method"] == "grpo"
+    assert m["steps"] == 2
+    assert 0.0 <= m["train/reward"] <= 1.0 and m["train/completion_length"] > 0
+    assert "test/accuracy" in m and "test_before/accuracy" in m
