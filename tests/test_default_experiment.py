@@ -9,8 +9,10 @@ import subprocess
 
 import mlflow
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import cli_env, python
+from workbench import ROOT
 
 
 @pytest.mark.slow
@@ -24,7 +26,7 @@ def test_default_experiment_runs_end_to_end(tmp_path):
     m = summary["metrics"]
     assert 0.0 <= m["test_before/accuracy"] <= 1.0 and 0.0 <= m["test/accuracy"] <= 1.0
     assert m["test_before/accuracy"] > 0.0, "the SFT warm start learned nothing"
-    assert m["steps"] == 300
+    assert m["steps"] == OmegaConf.load(ROOT / "conf" / "method" / "grpo.yaml").max_steps
     # the closing table names the run and how to open the UI
     assert summary["mlflow_run_id"] in done.stdout and "mlflow ui --backend-store-uri" in done.stdout
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
