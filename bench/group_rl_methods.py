@@ -3,6 +3,7 @@
     python bench/group_rl_methods.py                          # every method, seed 0, method defaults
     python bench/group_rl_methods.py --methods grpo dapo --seeds 0 1 --overrides method.max_steps=150
     python bench/group_rl_methods.py --db sqlite:///path/mlflow.db   # only aggregate finished runs
+    python bench/group_rl_methods.py --scratch /tmp/grl --methods brpo --overrides ...  # add runs to an earlier table
 
 Each job is `python -m workbench.train method=<m> seed=<s> [overrides]`, run one after another so wall
 times are comparable. All methods start from the same cached SFT base (same model, task and base
@@ -101,9 +102,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every job")
     parser.add_argument("--db", help="aggregate the finished runs in this tracking URI instead of running")
+    parser.add_argument("--scratch", type=Path, help="working folder (reuse one to add runs to an earlier invocation's table)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "group_rl_methods.md")
     args = parser.parse_args()
-    uri = args.db or run_all(args.methods, args.seeds, args.overrides, Path(tempfile.mkdtemp(prefix="workbench-grl-")))
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="workbench-grl-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    uri = args.db or run_all(args.methods, args.seeds, args.overrides, scratch)
     rows = collect(uri)
     if not rows:
         sys.exit(f"no finished runs in {uri}")
