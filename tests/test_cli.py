@@ -16,6 +16,7 @@ def _main_runs(uri):
 
 def test_two_job_multirun_makes_two_runs_in_one_sweep(tmp_path):
     env = cli_env(tmp_path)
+    env["WORKBENCH_CACHE"] = str(tmp_path / "cache")  # its own SFT cache: the base must be trained here, as a child run
     # '++' sets a key whether or not the method has it (sft has no group_size)
     cmd = [python(), "-m", "workbench.train", "-m", "method=sft,grpo", *FAST, *("++" + o for o in FAST_GRPO),
            f"hydra.sweep.dir={tmp_path / 'multi'}"]
