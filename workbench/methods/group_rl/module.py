@@ -68,9 +68,9 @@ class GroupRLModule(PolicyModule):
         return GroupBatch(rollout, rewards, parts, correct, {"prompt": prompts, **fields}, G)
 
     def _fresh_prompts(self, round_: int) -> dict:
-        """Extra prompts for dynamic sampling, a function of (seed, step, round) so a resumed run draws the same."""
+        """Extra prompts for dynamic sampling, a function of (seed, step, round, rank) so a resumed run draws the same."""
         split = self.task.split("train")
-        gen = torch.Generator().manual_seed(torch.initial_seed() % 2**31 * 1_000_003 + self.global_step * 101 + round_)
+        gen = torch.Generator().manual_seed(torch.initial_seed() % 2**31 * 1_000_003 + self.global_step * 101 + round_ * 7 + self.global_rank)
         rows = split.select(torch.randperm(len(split), generator=gen)[: self.cfg.batch_size // max(1, self.trainer.world_size)].tolist())
         return {k: list(rows[k]) for k in rows.column_names}
 
