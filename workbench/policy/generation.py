@@ -13,7 +13,7 @@ import tempfile
 import torch
 
 from workbench.errors import ConfigError
-from workbench.policy.sampler import Rollout, completion_mask_from_ids, encode_prompts, sample
+from workbench.policy.sampler import Rollout, encode_prompts, finish_rollout, sample
 from workbench.registry import Registry
 
 GENERATORS = Registry("generation backend")
@@ -96,13 +96,9 @@ class VLLMGenerator:
         completion_ids = torch.full((len(completions), width), tokenizer.pad_token_id, dtype=torch.long)
         for i, c in enumerate(completions):
             completion_ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-        completion_ids = completion_ids.to(device)
-        mask, truncated = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
-        completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
-        texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         if n > 1:
             prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0)
-        return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated)
+        return finish_rollout(tokenizer, prompt_ids, prompt_mask, completion_ids.to(device))
 
 
 def build_generator(spec) -> HFGenerator | VLLMGenerator:

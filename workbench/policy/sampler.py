@@ -68,6 +68,18 @@ def completion_mask_from_ids(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tens
     return mask, truncated
 
 
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id prompts -> left-padded (ids, mask), the layout ``encode_prompts`` produces from text."""
+    width = max(1, max(len(seq) for seq in sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        if seq:
+            ids[i, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[i, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -79,8 +91,22 @@ def sample(
     top_p: float = 1.0,
 ) -> Rollout:
     """Sample ``n`` completions per prompt; ``temperature=0`` means greedy."""
-    device = next(model.parameters()).device
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, next(model.parameters()).device)
+    return sample_ids(model, tokenizer, prompt_ids, prompt_mask, n, max_new_tokens, temperature, top_p)
+
+
+@torch.no_grad()
+def sample_ids(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    n: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> Rollout:
+    """``sample`` for prompts that are already left-padded token ids (e.g. a prompt plus a cut completion)."""
     if n > 1:
         prompt_ids = prompt_ids.repeat_interleave(n, 0)
         prompt_mask = prompt_mask.repeat_interleave(n, 0)
@@ -99,7 +125,11 @@ def sample(
     )
     if was_training:
         model.train()
-    completion_ids = out[:, prompt_ids.shape[1] :]
+    return finish_rollout(tokenizer, prompt_ids, prompt_mask, out[:, prompt_ids.shape[1] :])
+
+
+def finish_rollout(tokenizer, prompt_ids, prompt_mask, completion_ids: torch.Tensor) -> Rollout:
+    """Raw sampled ids (anything after EOS is junk) -> masks, pad after EOS, decoded texts: one rule for every backend."""
     mask, truncated = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
