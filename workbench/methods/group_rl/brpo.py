@@ -42,7 +42,7 @@ stripped); its summaries share the thinking's KV "tree" (here: separate sequence
 for malformed outputs (no </think> token here).
 
 Generation: the thinking goes through the configured backend (``method.generation``); the summaries are sampled
-with transformers ``generate`` on the live policy from token-id prompts (``sample_from_ids``), whatever the backend.
+with transformers ``generate`` on the live policy from token-id prompts (``sampler.sample_ids``), whatever the backend.
 
 Logged each step: train/reward (mean reward of all summaries at the largest budget, the "final answer"
 reward), train/brpo/score_at_<b> per budget, train/accuracy (verifier at the largest budget), reward_std and
@@ -59,10 +59,9 @@ from omegaconf import DictConfig
 
 from workbench.errors import ConfigError
 from workbench.methods.group_rl.advantages import brpo_advantage
-from workbench.methods.group_rl.losses import POLICY_LOSSES
 from workbench.methods.group_rl.module import GroupRLModule
 from workbench.policy.logprobs import token_logprobs
-from workbench.policy.sampler import Rollout, completion_mask_from_ids
+from workbench.policy.sampler import Rollout, left_pad, sample_ids
 from workbench.policy.shared_prefix import shared_prefix_token_logprobs
 
 BUDGET_PRIORS = ("uniform", "linear", "base")
@@ -142,37 +141,6 @@ def summary_advantages(scores: torch.Tensor, baseline: str = "trajectory", std_s
         std = scores.std(dim=dims, keepdim=True) if count > 1 else torch.zeros_like(mean)
         adv = adv / (std + 1e-4)
     return adv
-
-
-@torch.no_grad()
-def sample_from_ids(model, tokenizer, prefixes: list[list[int]], n: int, max_new_tokens: int,
-                    temperature: float = 1.0, top_p: float = 1.0) -> Rollout:
-    """``sampler.sample`` for prompts given as token ids: n completions per prefix, rows prefix-major."""
-    device = next(model.parameters()).device
-    width = max(len(p) for p in prefixes)
-    pad = tokenizer.pad_token_id
-    prompt_ids = torch.full((len(prefixes), width), pad, dtype=torch.long)
-    prompt_mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-    for i, p in enumerate(prefixes):
-        if p:
-            prompt_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            prompt_mask[i, width - len(p):] = 1
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    if n > 1:
-        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(n, 0), prompt_mask.repeat_interleave(n, 0)
-    was_training = model.training
-    model.eval()
-    greedy = temperature <= 0
-    kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=max_new_tokens,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, use_cache=True, **kwargs)
-    if was_training:
-        model.train()
-    completion_ids = out[:, prompt_ids.shape[1]:]
-    mask, truncated = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)
-    completion_ids = completion_ids.masked_fill(mask == 0, pad)
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, texts, truncated)
 
 
 # ---- config ------------------------------------------------------------------------------------------
@@ -255,8 +223,9 @@ class BRPOModule(GroupRLModule):
     def _summaries(self, think: Rollout) -> tuple[Rollout, torch.Tensor]:
         prefixes, kept = summary_prefixes(think.prompt_ids, think.prompt_mask, think.completion_ids, think.completion_mask,
                                           think.truncated, self.budgets, self.cue_ids)
-        rollout = sample_from_ids(self.model, self.tokenizer, prefixes, n=self.brpo["A"], max_new_tokens=self.brpo["max_summary"],
-                                  temperature=self.cfg.temperature, top_p=self.cfg.top_p)
+        ids, mask = left_pad(prefixes, self.tokenizer.pad_token_id, self.device)
+        rollout = sample_ids(self.model, self.tokenizer, ids, mask, n=self.brpo["A"], max_new_tokens=self.brpo["max_summary"],
+                             temperature=self.cfg.temperature, top_p=self.cfg.top_p)
         return rollout, kept
 
     def _score_summaries(self, batch: dict, think: Rollout, summ: Rollout, kept: torch.Tensor):
@@ -288,15 +257,9 @@ class BRPOModule(GroupRLModule):
             return lambda model, *args, **kw: shared_prefix_token_logprobs(model, *args, group_size=A, **kw)
         return token_logprobs
 
-    def _summary_chunks(self, n: int) -> list[slice]:
-        mb = self.cfg.minibatch_size or n
-        A = self.brpo["A"]
-        mb = max(A, mb // A * A)  # whole prefix groups per chunk (shared-prefix needs them)
-        return [slice(i, min(i + mb, n)) for i in range(0, n, mb)]
-
     # ---- the step ---------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        cfg, G, S, A = self.cfg, self.cfg.group_size, len(self.budgets), self.brpo["A"]
+        cfg, G, S = self.cfg, self.cfg.group_size, len(self.budgets)
         self._times = {}
         with self._timed("generation"):
             think = self._thinking(batch)
@@ -313,58 +276,25 @@ class BRPOModule(GroupRLModule):
         summ_adv = summary_advantages(scores, self.brpo["summary_baseline"], self.brpo["std_scale"]).reshape(-1).to(self.device)
         summ_mask = summ.completion_mask.float()
 
-        rollouts = [
+        rollouts = [  # name, rollout, mask, advantages, log-prob fn, chunks, loss length constant, loss weight
             ("thinking", think, think_mask, think_adv, self._logprob_fn(), self._chunks(len(think)), self.budgets[-1], 1.0),
-            ("summary", summ, summ_mask, summ_adv, self._summary_logprob_fn(), self._summary_chunks(len(summ)),
+            ("summary", summ, summ_mask, summ_adv, self._summary_logprob_fn(), self._chunks(len(summ), whole=self.brpo["A"]),
              self.brpo["max_summary"], self.brpo["weight"]),
         ]
-
-        def logprobs_of(model, r, c, fn, with_entropy=False):
-            return fn(model, r.prompt_ids[c], r.prompt_mask[c], r.completion_ids[c], r.completion_mask[c],
-                      temperature=cfg.temperature, with_entropy=with_entropy)
-
-        refs = {}
         with self._timed("logprobs"), torch.no_grad():
-            if self.reference is not None:
-                for name, r, _, _, fn, chunks, _, _ in rollouts:
-                    refs[name] = torch.cat([self.reference.logprobs(r.prompt_ids[c], r.prompt_mask[c], r.completion_ids[c],
-                                                                    r.completion_mask[c], cfg.temperature, fn=fn) for c in chunks])
+            refs = {name: self._reference_logprobs(r, chunks, fn) for name, r, _, _, fn, chunks, _, _ in rollouts}
 
-        loss_fn = POLICY_LOSSES["clipped"]
         opt, sched = self.optimizers(), self.lr_schedulers()
         totals: dict[str, float] = {}
         with self._timed("update"):
-            opt.zero_grad()
-            for name, r, mask, adv, fn, chunks, max_length, rollout_weight in rollouts:
-                n = len(r)
-                kwargs = dict(beta=cfg.beta, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_kind=cfg.kl_estimator,
-                              agg=cfg.loss_agg, max_length=max_length, importance_level=cfg.get("importance_level", "token"))
-                kwargs.update(cfg.get("loss_params") or {})
-                token_mean = cfg.loss_agg == "token_mean"
-                if token_mean:
-                    kwargs["token_normalizer"] = mask.sum().clamp(min=1)
-                prefix = "" if name == "thinking" else "summary_"
-                rollout_loss = 0.0
-                for c in chunks:
-                    logprobs, entropy = logprobs_of(self.model, r, c, fn, with_entropy=True)
-                    # one update per rollout: pi_old == pi, so old log-probs are the detached live ones
-                    loss, stats = loss_fn(logprobs, logprobs.detach(), adv[c], mask[c],
-                                          ref_logprobs=refs[name][c] if name in refs else None, **kwargs)
-                    self.check_finite(loss)
-                    weight = 1.0 if token_mean else (c.stop - c.start) / n
-                    if rollout_weight:
-                        self.manual_backward(loss * weight * rollout_weight)
-                    rollout_loss += float(loss.detach()) * weight
-                    share = (c.stop - c.start) / n
-                    stats["entropy"] = (entropy * mask[c]).sum() / mask[c].sum().clamp(min=1)
-                    for key, value in stats.items():
-                        totals[prefix + key] = totals.get(prefix + key, 0.0) + float(value) * share
-                totals[f"loss_{name}"] = rollout_loss
+            opt.zero_grad()  # one update per rollout: pi_old == pi, so old log-probs are the detached live ones
+            for name, r, mask, adv, fn, chunks, max_length, weight in rollouts:
+                self._backward_rollout(r, chunks, fn, adv, mask, mask, self._loss_kwargs(max_length, mask, cfg.beta), totals,
+                                       ref=refs[name], scale=weight, prefix="" if name == "thinking" else "summary_")
+            totals["loss_thinking"] = totals["loss"]
+            totals["loss_summary"] = totals.pop("summary_loss")
             totals["loss"] = totals["loss_thinking"] + self.brpo["weight"] * totals["loss_summary"]
-            if cfg.max_grad_norm:
-                self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
-            sched.step()
+            self._optimizer_step(opt, sched)
             self.generator.sync(self.model)
         self._log_brpo(think, summ, scores, parts, correct, think_adv, think_mask, summ_adv, summ_mask, totals)
 

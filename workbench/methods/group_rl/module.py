@@ -17,6 +17,7 @@ from workbench.methods.base import PolicyModule
 from workbench.methods.group_rl.advantages import ADVANTAGES
 from workbench.methods.group_rl.losses import POLICY_LOSSES, kl_estimate
 from workbench.methods.group_rl.rollouts import GroupBatch, collect_with_dynamic_sampling
+from workbench.policy.sampler import Rollout
 from workbench.policy.generation import build_generator
 from workbench.policy.logprobs import Reference, token_logprobs
 from workbench.policy.shared_prefix import shared_prefix_token_logprobs
@@ -64,7 +65,9 @@ class GroupRLModule(PolicyModule):
         prompts = fields.pop("prompt")
         rewards, parts = self.rewards(prompts, rollout.texts, group_size=G,
                                       completion_lengths=rollout.lengths.tolist(), **fields)
-        correct = torch.tensor([float(self.task.verify(t, a)) for t, a in zip(rollout.texts, fields["answer"])])
+        correct = parts.get("correctness")  # the verifier already ran for that reward; math-verify is not free
+        if correct is None:
+            correct = torch.tensor([float(self.task.verify(t, a)) for t, a in zip(rollout.texts, fields["answer"])])
         return GroupBatch(rollout, rewards, parts, correct, {"prompt": prompts, **fields}, G)
 
     def _fresh_prompts(self, round_: int) -> dict:
@@ -100,8 +103,10 @@ class GroupRLModule(PolicyModule):
             return lambda model, *args, **kw: shared_prefix_token_logprobs(model, *args, group_size=G, **kw)
         return token_logprobs
 
-    def _chunks(self, n: int) -> list[slice]:
+    def _chunks(self, n: int, whole: int = 1) -> list[slice]:
+        """Minibatches of ``method.minibatch_size`` rows, rounded down to whole blocks of ``whole`` rows (>= one)."""
         mb = self.cfg.minibatch_size or n
+        mb = max(whole, mb // whole * whole)
         return [slice(i, min(i + mb, n)) for i in range(0, n, mb)]
 
     @contextmanager
@@ -122,17 +127,11 @@ class GroupRLModule(PolicyModule):
         loss_mask = mask * (~r.truncated).float().unsqueeze(-1) if cfg.get("mask_truncated", False) else mask
         logprob_fn, chunks = self._logprob_fn(), self._chunks(n)
 
-        def logprobs_of(model, c, with_entropy=False):
-            return logprob_fn(model, r.prompt_ids[c], r.prompt_mask[c], r.completion_ids[c], r.completion_mask[c],
-                              temperature=cfg.temperature, with_entropy=with_entropy)
-
         with self._timed("logprobs"), torch.no_grad():
             # with one update per rollout pi_old == pi, so the ratio's value is 1 and we reuse the live log-probs
-            old = torch.cat([logprobs_of(self.model, c)[0] for c in chunks]) if cfg.inner_iterations > 1 or cfg.get("kl_in_reward") else None
-            ref = None
-            if self.reference is not None:
-                ref = torch.cat([self.reference.logprobs(r.prompt_ids[c], r.prompt_mask[c], r.completion_ids[c],
-                                                         r.completion_mask[c], cfg.temperature, fn=logprob_fn) for c in chunks])
+            needs_old = cfg.inner_iterations > 1 or cfg.get("kl_in_reward")
+            old = torch.cat([self._rollout_logprobs(self.model, r, c, logprob_fn)[0] for c in chunks]) if needs_old else None
+            ref = self._reference_logprobs(r, chunks, logprob_fn)
 
         rewards = data.rewards.to(self.device)
         if cfg.get("kl_in_reward", False) and ref is not None:
@@ -144,41 +143,67 @@ class GroupRLModule(PolicyModule):
         advantages = ADVANTAGES[cfg.advantage](rewards.view(-1, G), mask=mask, **ctx)
         advantages = advantages.reshape(n, -1).squeeze(-1) if advantages.dim() == 2 else advantages.reshape(n, -1)
 
-        loss_fn = POLICY_LOSSES[cfg.get("policy_loss", "clipped")]
-        loss_kwargs = dict(
-            beta=0.0 if cfg.get("kl_in_reward", False) else cfg.beta, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high,
-            kl_kind=cfg.kl_estimator, agg=cfg.loss_agg, max_length=cfg.max_new_tokens,
-            importance_level=cfg.get("importance_level", "token"), group_size=G,
-        )
-        loss_kwargs.update(cfg.get("loss_params") or {})  # e.g. DisCO's own beta (its KL constraint) replaces the KL coefficient
-        token_mean = cfg.loss_agg == "token_mean"
-        if token_mean:  # DAPO: one token count for the whole batch, so minibatches add up to the batch loss
-            loss_kwargs["token_normalizer"] = loss_mask.sum().clamp(min=1)
+        loss_kwargs = self._loss_kwargs(cfg.max_new_tokens, loss_mask, beta=0.0 if cfg.get("kl_in_reward", False) else cfg.beta)
         opt, sched = self.optimizers(), self.lr_schedulers()
         totals: dict[str, float] = {}
         with self._timed("update"):
             for _ in range(cfg.inner_iterations):
                 opt.zero_grad()
-                for c in chunks:
-                    logprobs, entropy = logprobs_of(self.model, c, with_entropy=True)
-                    loss, stats = loss_fn(
-                        logprobs, logprobs.detach() if old is None else old[c], advantages[c], loss_mask[c],
-                        ref_logprobs=None if ref is None else ref[c], labels=data.correct[c].to(self.device), **loss_kwargs,
-                    )
-                    self.check_finite(loss)
-                    weight = 1.0 if token_mean else (c.stop - c.start) / n  # per-chunk means -> the batch mean
-                    self.manual_backward(loss * weight)
-                    share = (c.stop - c.start) / n / cfg.inner_iterations
-                    stats["loss"] = loss.detach() * weight * n / (c.stop - c.start)
-                    stats["entropy"] = (entropy * mask[c]).sum() / mask[c].sum().clamp(min=1)
-                    for key, value in stats.items():
-                        totals[key] = totals.get(key, 0.0) + float(value) * share
-                if cfg.max_grad_norm:
-                    self.clip_gradients(opt, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
-                opt.step()
-                sched.step()
+                self._backward_rollout(r, chunks, logprob_fn, advantages, loss_mask, mask, loss_kwargs, totals,
+                                       old=old, ref=ref, labels=data.correct.to(self.device), share=1 / cfg.inner_iterations)
+                self._optimizer_step(opt, sched)
             self.generator.sync(self.model)
         self._log_step(data, rewards, advantages, totals, mask)
+
+    # ---- the update, shared with subclasses that train on several rollouts per step (BRPO) -----------
+    def _rollout_logprobs(self, model, r: Rollout, c: slice, fn, with_entropy: bool = False):
+        return fn(model, r.prompt_ids[c], r.prompt_mask[c], r.completion_ids[c], r.completion_mask[c],
+                  temperature=self.cfg.temperature, with_entropy=with_entropy)
+
+    def _reference_logprobs(self, r: Rollout, chunks: list[slice], fn) -> torch.Tensor | None:
+        if self.reference is None:
+            return None
+        return torch.cat([self.reference.logprobs(r.prompt_ids[c], r.prompt_mask[c], r.completion_ids[c], r.completion_mask[c],
+                                                  self.cfg.temperature, fn=fn) for c in chunks])
+
+    def _loss_kwargs(self, max_length: int, loss_mask: torch.Tensor, beta: float) -> dict:
+        cfg = self.cfg
+        kwargs = dict(beta=beta, eps_low=cfg.clip_eps_low, eps_high=cfg.clip_eps_high, kl_kind=cfg.kl_estimator,
+                      agg=cfg.loss_agg, max_length=max_length, importance_level=cfg.get("importance_level", "token"),
+                      group_size=cfg.group_size)
+        kwargs.update(cfg.get("loss_params") or {})  # e.g. DisCO's own beta (its KL constraint) replaces the KL coefficient
+        if cfg.loss_agg == "token_mean":  # DAPO: one token count for the whole rollout, so minibatches add up to its loss
+            kwargs["token_normalizer"] = loss_mask.sum().clamp(min=1)
+        return kwargs
+
+    def _backward_rollout(self, r: Rollout, chunks: list[slice], fn, advantages, loss_mask, mask, loss_kwargs: dict,
+                          totals: dict, old=None, ref=None, labels=None, scale: float = 1.0, share: float = 1.0,
+                          prefix: str = "") -> None:
+        """Backpropagate ``scale`` x the rollout's policy loss chunk by chunk; add its stats (x ``share``) to ``totals``."""
+        loss_fn = POLICY_LOSSES[self.cfg.get("policy_loss", "clipped")]
+        n = len(r)
+        token_mean = "token_normalizer" in loss_kwargs
+        for c in chunks:
+            logprobs, entropy = self._rollout_logprobs(self.model, r, c, fn, with_entropy=True)
+            loss, stats = loss_fn(
+                logprobs, logprobs.detach() if old is None else old[c], advantages[c], loss_mask[c],
+                ref_logprobs=None if ref is None else ref[c], labels=None if labels is None else labels[c], **loss_kwargs,
+            )
+            self.check_finite(loss)
+            rows = c.stop - c.start
+            weight = 1.0 if token_mean else rows / n  # per-chunk means -> the rollout mean
+            if scale:
+                self.manual_backward(loss * weight * scale)
+            stats["loss"] = loss.detach() * weight * n / rows
+            stats["entropy"] = (entropy * mask[c]).sum() / mask[c].sum().clamp(min=1)
+            for key, value in stats.items():
+                totals[prefix + key] = totals.get(prefix + key, 0.0) + float(value) * share * rows / n
+
+    def _optimizer_step(self, opt, sched) -> None:
+        if self.cfg.max_grad_norm:
+            self.clip_gradients(opt, gradient_clip_val=self.cfg.max_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        sched.step()
 
     def _log_step(self, data: GroupBatch, rewards, advantages, totals, mask) -> None:
         r, G = data.rollout, data.group_size
