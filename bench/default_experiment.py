@@ -10,27 +10,19 @@ wall times are not inflated by each other), with its own SFT base (the cache sta
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import mlflow
+from jobs import train_jobs  # bench/jobs.py (scripts run as `python bench/<name>.py`)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_seeds(seeds: list[int], scratch: Path) -> str:
-    uri = f"sqlite:///{scratch / 'mlflow.db'}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, WORKBENCH_CACHE=str(scratch / "cache"))
-    for seed in seeds:
-        print(f"seed {seed} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "workbench.train", f"seed={seed}", "trainer.progress_bar=false",
-                        f"hydra.run.dir={scratch / f'run-s{seed}'}"], cwd=ROOT, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
-    return uri
+    return train_jobs([(f"run-s{seed}", [f"seed={seed}"]) for seed in seeds], scratch)
 
 
 def collect(uri: str) -> list[dict]:

@@ -13,15 +13,13 @@ config), so "before" is the same number for every method of a seed and the chang
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import mlflow
+from jobs import train_jobs  # bench/jobs.py (scripts run as `python bench/<name>.py`)
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP_RL = ["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "seed_grpo", "disco", "hapo",
@@ -35,18 +33,8 @@ PAPERS = {
 
 
 def run_all(methods: list[str], seeds: list[int], overrides: list[str], scratch: Path) -> str:
-    uri = f"sqlite:///{scratch / 'mlflow.db'}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, WORKBENCH_CACHE=str(scratch / "cache"))
-    for seed in seeds:
-        for method in methods:
-            started = time.perf_counter()
-            print(f"{method} seed {seed} ...", end=" ", flush=True)
-            proc = subprocess.run([sys.executable, "-m", "workbench.train", f"method={method}", f"seed={seed}", *overrides,
-                                   "trainer.progress_bar=false", f"hydra.run.dir={scratch / f'{method}-s{seed}'}"],
-                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            status = "ok" if proc.returncode == 0 else f"FAILED ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})"
-            print(f"{status} in {time.perf_counter() - started:.0f} s", flush=True)
-    return uri
+    jobs = [(f"{method}-s{seed}", [f"method={method}", f"seed={seed}", *overrides]) for seed in seeds for method in methods]
+    return train_jobs(jobs, scratch)
 
 
 def collect(uri: str) -> list[dict]:

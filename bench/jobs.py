@@ -1,0 +1,29 @@
+"""What the bench scripts share: run `python -m workbench.train` jobs one after another into one scratch MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def train_jobs(jobs: list[tuple[str, list[str]]], scratch: Path) -> str:
+    """Run each (name, overrides) job alone, printing its outcome; return the tracking URI they logged to.
+
+    Every job shares the scratch SFT cache, so jobs with the same base config train it once.
+    """
+    uri = f"sqlite:///{scratch / 'mlflow.db'}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, WORKBENCH_CACHE=str(scratch / "cache"))
+    for name, overrides in jobs:
+        started = time.perf_counter()
+        print(f"{name} ...", end=" ", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "workbench.train", *overrides, "trainer.progress_bar=false",
+                               f"hydra.run.dir={scratch / name}"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else str(proc.returncode)
+        print(f"{'ok' if proc.returncode == 0 else f'FAILED ({last})'} in {time.perf_counter() - started:.0f} s", flush=True)
+    return uri
