@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-from jobs import train_jobs  # bench/jobs.py (scripts run as `python bench/<name>.py`)
+from jobs import finished_main_runs, train_jobs  # bench/jobs.py (scripts run as `python bench/<name>.py`)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,16 +26,12 @@ def run_seeds(seeds: list[int], scratch: Path) -> str:
 
 
 def collect(uri: str) -> list[dict]:
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name("workbench")
     rows = []
-    for r in client.search_runs([exp.experiment_id], order_by=["start_time ASC"]):
-        if r.data.tags.get("workbench.stage") != "main" or r.info.status != "FINISHED":
-            continue
+    for r in finished_main_runs(uri):
         m = r.data.metrics
         base_wall = 0.0
         if "workbench.sft_base_run_id" in r.data.tags:
-            base = client.get_run(r.data.tags["workbench.sft_base_run_id"])
+            base = mlflow.MlflowClient(uri).get_run(r.data.tags["workbench.sft_base_run_id"])
             base_wall = (base.info.end_time - base.info.start_time) / 1000
         rows.append({
             "seed": int(r.data.params["seed"]),

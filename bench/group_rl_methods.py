@@ -18,8 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import mlflow
-from jobs import train_jobs  # bench/jobs.py (scripts run as `python bench/<name>.py`)
+from jobs import finished_main_runs, train_jobs  # bench/jobs.py (scripts run as `python bench/<name>.py`)
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP_RL = ["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "seed_grpo", "disco", "hapo",
@@ -38,12 +37,8 @@ def run_all(methods: list[str], seeds: list[int], overrides: list[str], scratch:
 
 
 def collect(uri: str) -> list[dict]:
-    client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name("workbench")
     rows = []
-    for r in client.search_runs([exp.experiment_id], order_by=["start_time ASC"]):
-        if r.data.tags.get("workbench.stage") != "main" or r.info.status != "FINISHED":
-            continue
+    for r in finished_main_runs(uri):
         m = r.data.metrics
         rows.append({
             "method": r.data.params["method.name"], "seed": int(r.data.params["seed"]),

@@ -27,3 +27,15 @@ def train_jobs(jobs: list[tuple[str, list[str]]], scratch: Path) -> str:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else str(proc.returncode)
         print(f"{'ok' if proc.returncode == 0 else f'FAILED ({last})'} in {time.perf_counter() - started:.0f} s", flush=True)
     return uri
+
+
+def finished_main_runs(uri: str) -> list:
+    """The FINISHED main runs in the store, oldest first (SFT bases, which are child runs, left out)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("workbench")
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], order_by=["start_time ASC"])
+    return [r for r in runs if r.data.tags.get("workbench.stage") == "main" and r.info.status == "FINISHED"]
