@@ -102,6 +102,37 @@ def _check_group_rl(cfg: DictConfig) -> None:
                           "e.g. method.dynamic_sampling.max_rounds=3")
 
 
+def _check_preference(cfg: DictConfig) -> None:
+    m = cfg.method
+    if m.get("family") != "preference":
+        return
+    if not cfg.task.get("pairs"):
+        raise ConfigError("task", f"'{cfg.task.name}' has no preference pairs, which method '{m.name}' trains on",
+                          "add task=synthetic_preference (known oracle) or task=hh_rlhf")
+    if "loss_type" in m:
+        from workbench.methods.preference.losses import PAIR_LOSSES
+
+        names = [m.loss_type] if isinstance(m.loss_type, str) else list(m.loss_type)
+        for name in names:
+            if name not in PAIR_LOSSES and name != "kto":
+                raise ConfigError("method.loss_type", f"unknown '{name}'", f"use one or a list of {sorted([*PAIR_LOSSES, 'kto'])}")
+        if "kto" in names and len(names) > 1:
+            raise ConfigError("method.loss_type", "kto works on unpaired examples and cannot be combined with pair losses",
+                              "use loss_type: kto alone")
+        weights = m.get("loss_weights")
+        if weights is not None and len(weights) != len(names):
+            raise ConfigError("method.loss_weights", f"{len(weights)} weights for {len(names)} loss types",
+                              "give one weight per entry of method.loss_type (or null for 1 each)")
+    _positive(cfg, "method.beta", "set method.beta > 0, e.g. 0.1")
+    smoothing = OmegaConf.select(cfg, "method.loss_params.label_smoothing")
+    if smoothing is not None and not (isinstance(smoothing, (int, float)) and 0 <= smoothing < 0.5):
+        raise ConfigError("method.loss_params.label_smoothing", f"must be in [0, 0.5), got {smoothing!r}",
+                          "set it to the label flip rate you assume, e.g. 0.1")
+    _choice(cfg, "method.reference", ("live", "precomputed"))
+    _positive(cfg, "method.max_prompt_length", "e.g. method.max_prompt_length=256")
+    _positive(cfg, "method.max_completion_length", "e.g. method.max_completion_length=64")
+
+
 def _check_pass_k(cfg: DictConfig) -> None:
     ks = OmegaConf.select(cfg, "method.eval.pass_k") or []
     if not ks:
@@ -170,6 +201,7 @@ def validate(cfg: DictConfig) -> None:
         from workbench.methods.group_rl.brpo import validate_brpo
 
         validate_brpo(m)
+    _check_preference(cfg)
     _check_pass_k(cfg)
     _check_batch_fits(cfg, "method.batch_size", OmegaConf.select(cfg, "method.batch_size"))
     if m.get("init") == "sft":  # the SFT warm start trains first: its settings are checked now, not after it

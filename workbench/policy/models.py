@@ -39,6 +39,16 @@ class Policy:
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
         )
 
+    def format_messages(self, messages: list[dict]) -> str:
+        """A conversation (TRL's conversational format) as the prompt text the model continues.
+
+        With a chat template: the template plus the generation prompt. Without one (tiny models): the
+        HH-RLHF layout, '\n\nHuman: ...\n\nAssistant: ...' ending with '\n\nAssistant:'."""
+        if self.use_chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        roles = {"user": "Human", "assistant": "Assistant", "system": "System"}
+        return "".join(f"\n\n{roles.get(m['role'], m['role'])}: {m['content']}" for m in messages) + "\n\nAssistant:"
+
     @property
     def eos_text(self) -> str:
         return self.tokenizer.eos_token

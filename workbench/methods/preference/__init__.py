@@ -1,0 +1,1 @@
+"""Preference optimization: offline pairwise losses, reward models, online and self-play methods."""
