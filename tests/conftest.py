@@ -31,7 +31,9 @@ FAST = [
     "trainer.progress_bar=false",
     "trainer.num_threads=1",
 ]
-FAST_GRPO = ["method.group_size=2", "method.base.max_steps=3", "method.base.val_check_interval=3", "method.base.batch_size=8"]
+FAST_BASE = ["method.base.max_steps=3", "method.base.val_check_interval=3", "method.base.batch_size=8"]
+FAST_GRPO = ["method.group_size=2", *FAST_BASE]
+FAST_PREFERENCE = ["task=synthetic_preference", *FAST_BASE]
 
 
 def compose_cfg(overrides: list[str], output_dir: Path, tracking_uri: str | None = None) -> DictConfig:
@@ -42,6 +44,11 @@ def compose_cfg(overrides: list[str], output_dir: Path, tracking_uri: str | None
         if tracking_uri:
             cfg.logger.tracking_uri = tracking_uri
     return cfg
+
+
+def method_family(method: str) -> str:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=[f"method={method}"]).method.family
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +74,9 @@ def fast_cfg(tmp_path):
     """fast_cfg(method='sft', extra=[...]) -> a composed config writing under tmp_path."""
 
     def make(method: str = "sft", extra: list[str] | None = None, run_dir: str = "run") -> DictConfig:
-        overrides = [f"method={method}", *FAST, *(FAST_GRPO if method != "sft" else []), *(extra or [])]
+        family = method_family(method)
+        by_family = {"group_rl": FAST_GRPO, "preference": FAST_PREFERENCE}.get(family, [])
+        overrides = [f"method={method}", *FAST, *by_family, *(extra or [])]
         return compose_cfg(overrides, tmp_path / run_dir, f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     return make

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, FAST, compose_cfg
+from conftest import CONF_DIR, FAST, compose_cfg, method_family
 from workbench.config import validate
 from workbench.methods import method_class
 from workbench.policy import build_policy
@@ -42,6 +42,8 @@ def test_config_composes_and_instantiates(group, option, tmp_path, local_model_d
         overrides = [o for o in overrides if not o.startswith("task.")] + ["task.train_size=64", "task.test_size=8"]
     if group == "model" and option not in ("tiny_llama", "tiny_qwen2"):  # the sizes in FAST are tiny-only
         overrides = [o for o in overrides if not o.startswith("model.")] + ([f"model.path={local_model_dir}"] if option == "hf_local" else [])
+    if group == "method" and method_family(option) == "preference":
+        overrides.append("task=synthetic_preference")  # preference methods train on pairs
     cfg = compose_cfg(overrides, tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}")
     OmegaConf.resolve(cfg)
     validate(cfg)
