@@ -196,12 +196,15 @@ class TRLSide:
             learning_rate=float(m.lr), weight_decay=float(m.weight_decay), adam_beta1=float(m.adam_betas[0]),
             adam_beta2=float(m.adam_betas[1]), lr_scheduler_type="constant", max_grad_norm=float(m.max_grad_norm),
             max_steps=1, dataloader_num_workers=0,
+            gradient_checkpointing=False,  # TRL's default is True; workbench does not checkpoint, so same work needs it off
         )
         tokenizer = AutoTokenizer.from_pretrained(weights)
         tokenizer.padding_side = "left"
         self.trainer = GRPOTrainer(model=str(weights), reward_funcs=[correctness], args=args,
                                    train_dataset=dataset, processing_class=tokenizer)
         tr = self.trainer
+        if getattr(tr.model, "is_gradient_checkpointing", False):
+            raise RuntimeError("TRL's model trains with activation checkpointing; the comparison would be off")
         self.acc = dict(sample=0.0, rewards=0.0, ref=0.0, gen_and_score=0.0)
 
         def wrap(name, key, only_no_grad=False):

@@ -40,6 +40,19 @@ from workbench.policy.logprobs import completion_logprobs
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 
 
+def check_shared_prefix_support(model) -> None:
+    """ConfigError on method.shared_prefix when this model's attention cannot take the packed 4-D mask."""
+    from workbench.errors import ConfigError
+
+    config = model.config
+    impl = getattr(config, "_attn_implementation", None)
+    sliding = getattr(config, "use_sliding_window", False) or "sliding_attention" in (getattr(config, "layer_types", None) or ())
+    if impl not in SUPPORTED_ATTENTION or sliding:
+        why = "sliding-window attention" if sliding else f"attention implementation {impl!r}"
+        raise ConfigError("method.shared_prefix", f"this model's {why} cannot take the packed 4-D mask",
+                          f"set method.shared_prefix=false (or load the model with attn_implementation in {list(SUPPORTED_ATTENTION)})")
+
+
 def _check_inputs(model, prompt_ids, prompt_mask, completion_ids, group_size: int) -> None:
     B = prompt_ids.shape[0]
     if group_size < 1 or B % group_size != 0:

@@ -20,7 +20,7 @@ from workbench.methods.group_rl.rollouts import GroupBatch, collect_with_dynamic
 from workbench.policy.sampler import Rollout
 from workbench.policy.generation import build_generator
 from workbench.policy.logprobs import Reference, token_logprobs
-from workbench.policy.shared_prefix import shared_prefix_token_logprobs
+from workbench.policy.shared_prefix import check_shared_prefix_support, shared_prefix_token_logprobs
 from workbench.rewards import RewardSet
 from workbench.tasks.base import normalize_number
 
@@ -41,16 +41,7 @@ class GroupRLModule(PolicyModule):
             self._check_shared_prefix_support()
 
     def _check_shared_prefix_support(self) -> None:
-        from workbench.errors import ConfigError
-        from workbench.policy.shared_prefix import SUPPORTED_ATTENTION
-
-        config = self.model.config
-        impl = getattr(config, "_attn_implementation", None)
-        sliding = getattr(config, "use_sliding_window", False) or "sliding_attention" in (getattr(config, "layer_types", None) or ())
-        if impl not in SUPPORTED_ATTENTION or sliding:
-            why = "sliding-window attention" if sliding else f"attention implementation {impl!r}"
-            raise ConfigError("method.shared_prefix", f"this model's {why} cannot take the packed 4-D mask",
-                              f"set method.shared_prefix=false (or load the model with attn_implementation in {list(SUPPORTED_ATTENTION)})")
+        check_shared_prefix_support(self.model)
 
     def on_fit_start(self):
         if self.reference is not None:

@@ -29,7 +29,7 @@ from workbench.methods.preference.losses import (REFERENCE_FREE, PairLogps, comb
                                                   kto_kl_baseline, kto_loss)
 from workbench.policy.logprobs import Reference, token_logprobs
 from workbench.policy.sampler import sample
-from workbench.policy.shared_prefix import shared_prefix_token_logprobs
+from workbench.policy.shared_prefix import check_shared_prefix_support, shared_prefix_token_logprobs
 from workbench.rewards.judges import build_judge
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ class PreferenceModule(PolicyModule):
         if needs_ref or method.get("log_kl", True):
             self.reference = Reference(self.model, use_adapters_off=hasattr(self.model, "disable_adapter"))
         self.precomputed: dict[str, torch.Tensor] = {}
+        if method.get("shared_prefix", False):
+            check_shared_prefix_support(self.model)
         self.judge = build_judge(method.judge, task) if method.get("judge") else None
 
     # ---- data: pairs for training and held-out reward accuracy -----------------------------------------
