@@ -25,3 +25,19 @@ def test_grpo_gsm8k_smollm2_runs_grpo_steps_on_the_real_model(tmp_path):
     assert m["steps"] == 2
     assert 0.0 <= m["train/reward"] <= 1.0 and m["train/completion_length"] > 0
     assert "test/accuracy" in m and "test_before/accuracy" in m
+
+
+@pytest.mark.slow
+def test_dpo_hh_smollm2_runs_dpo_steps_on_the_real_model(tmp_path):
+    """experiment=dpo_hh_smollm2: DPO on HH-RLHF dialogues (chat template) from SmolLM2-135M-Instruct's own weights."""
+    cfg = compose_cfg([
+        "experiment=dpo_hh_smollm2", "method.max_steps=2", "method.val_check_interval=2", "method.batch_size=1",
+        "task.train_size=8", "task.val_size=2", "task.test_size=2", "method.eval.batch_size=2", "trainer.progress_bar=false",
+    ], tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    summary = run(cfg)
+    m = summary["metrics"]
+    assert summary["model"] == "smollm2_135m" and summary["task"] == "hh_rlhf" and summary["method"] == "dpo"
+    assert m["steps"] == 2 and m["train/loss"] > 0
+    # the policy starts as the reference: every implicit reward is 0 before training, so accuracy reads 0.5
+    assert m["test_before/reward_accuracy"] == 0.5 and m["test_before/reward_margin"] == 0.0
+    assert 0.0 <= m["test/reward_accuracy"] <= 1.0
