@@ -175,8 +175,6 @@ def test_standard_and_conversational_prompts_give_the_same_tokens(tmp_path):
     assert encoder.completions(spaced)[0].equal(encoder.completions([r["chosen"] for r in s_rows])[0])
 
 
-@pytest.mark.xfail(strict=True, reason="PairEncoder.completion_text joins assistant contents without the ' ' that the "
-                   "HH layout puts after 'Assistant:' (models without a chat template); see the task report")
 def test_standard_and_conversational_pairs_give_the_same_tokens(tmp_path):
     write_records(tmp_path, "helpful-base_test.jsonl.gz", numbered(12, [MULTI_TURN]))
     std = HHRLHFTask(str(tmp_path), val_size=2, test_size=2)

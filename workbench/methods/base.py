@@ -54,8 +54,9 @@ class PolicyModule(L.LightningModule):
     def tokenizer(self):
         return self.policy.tokenizer
 
-    def formatted(self, prompts: list[str]) -> list[str]:
-        return [self.policy.format_prompt(p) for p in prompts]
+    def formatted(self, prompts: list) -> list[str]:
+        """Prompts (strings or conversational message lists) as the texts the model continues."""
+        return [self.policy.prompt_text(p) for p in prompts]
 
     def train_collate(self, rows: list[dict]):
         return prompt_collate(rows)

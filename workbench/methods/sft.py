@@ -22,7 +22,7 @@ class SFTModule(PolicyModule):
     def train_collate(self, rows):
         tok = self.tokenizer
         prompt_ids, prompt_mask = encode_prompts(tok, self.formatted([r["prompt"] for r in rows]), "cpu")
-        targets = [r["target"] + tok.eos_token for r in rows]
+        targets = [self.policy.completion_text(r["target"]) + tok.eos_token for r in rows]
         enc = tok(targets, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
         return {
             "prompt_ids": prompt_ids,

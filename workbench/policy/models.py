@@ -49,6 +49,18 @@ class Policy:
         roles = {"user": "Human", "assistant": "Assistant", "system": "System"}
         return "".join(f"\n\n{roles.get(m['role'], m['role'])}: {m['content']}" for m in messages) + "\n\nAssistant:"
 
+    def prompt_text(self, prompt) -> str:
+        """A task prompt as the text the model continues: a string, or a TRL conversational message list."""
+        return self.format_prompt(prompt) if isinstance(prompt, str) else self.format_messages(list(prompt))
+
+    def completion_text(self, completion) -> str:
+        """A completion as text: a string, or TRL's [{role: assistant, content}] list. Without a chat template
+        a message follows the HH layout 'Assistant: content', so its content gets the separating space."""
+        if isinstance(completion, str):
+            return completion
+        text = "".join(m["content"] for m in completion)
+        return text if self.use_chat_template else " " + text
+
     @property
     def eos_text(self) -> str:
         return self.tokenizer.eos_token

@@ -48,15 +48,10 @@ class PairEncoder:
         self.max_prompt_length, self.max_completion_length = max_prompt_length, max_completion_length
 
     def prompt_text(self, prompt) -> str:
-        if isinstance(prompt, str):
-            return self.policy.format_prompt(prompt)
-        return self.policy.format_messages(list(prompt))
+        return self.policy.prompt_text(prompt)
 
-    @staticmethod
-    def completion_text(completion) -> str:
-        if isinstance(completion, str):
-            return completion
-        return "".join(m["content"] for m in completion)
+    def completion_text(self, completion) -> str:
+        return self.policy.completion_text(completion)
 
     def prompts(self, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
         ids = [self.tok(self.prompt_text(p), add_special_tokens=False)["input_ids"][-self.max_prompt_length:] for p in prompts]
@@ -282,7 +277,7 @@ class PreferenceModule(PolicyModule):
         self.log(f"{prefix}/judge_reward", scores.float().mean(), on_epoch=True, batch_size=n, sync_dist=True)
         if hasattr(self.task, "verify") and "answer" in rows:
             correct = torch.tensor([float(self.task.verify(t, a)) for t, a in zip(policy.texts, rows["answer"])])
-            self.log(f"{prefix}/accuracy", correct.mean(), on_epoch=True, batch_size=n, sync_dist=True)
+            self.log(f"{prefix}/sample_accuracy", correct.mean(), on_epoch=True, batch_size=n, sync_dist=True)
         if self.reference is None:
             return
         ctx = self.reference._model.disable_adapter() if self.reference.use_adapters_off else _null()
