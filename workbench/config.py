@@ -133,6 +133,39 @@ def _check_preference(cfg: DictConfig) -> None:
     _positive(cfg, "method.max_completion_length", "e.g. method.max_completion_length=64")
 
 
+# ---- online preference policy gradients (nash_md, p3o, copg, fdpg) and SALSA's reference soup ----------------
+def validate_reference_soup(m) -> list[int]:
+    """``method.reference_soup: {seeds: [0, 1], shared_init: null}``: SFT runs of these seeds, weight-averaged
+    (runner.soup_base)."""
+    spec = m.reference_soup
+    if not hasattr(spec, "keys") or set(spec) - {"seeds", "shared_init"}:
+        raise ConfigError("method.reference_soup", f"must be a mapping of 'seeds' (and 'shared_init'), got {spec!r}",
+                          "e.g. method.reference_soup={seeds: [0, 1]}")
+    if spec.get("shared_init") not in (None, True, False):
+        raise ConfigError("method.reference_soup.shared_init", f"must be true, false or null, got {spec.get('shared_init')!r}",
+                          "null: true for models built from scratch (model.source=tiny), false otherwise")
+    seeds = spec.get("seeds")
+    if seeds is None or isinstance(seeds, str) or not hasattr(seeds, "__len__") or len(seeds) < 2 \
+            or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError("method.reference_soup.seeds", f"need two or more distinct integer seeds, got {seeds!r}",
+                          "e.g. method.reference_soup.seeds=[0,1]")
+    if m.get("init") != "sft":
+        raise ConfigError("method.init", f"'{m.get('init')}': a reference soup averages SFT warm starts",
+                          "set method.init=sft or drop method.reference_soup")
+    return list(seeds)
+
+
+def _check_online_preference(cfg: DictConfig) -> None:
+    m = cfg.method
+    if OmegaConf.select(cfg, "method.pg_loss") is not None:
+        from workbench.methods.preference.pairwise_pg import validate_pairwise_pg
+
+        validate_pairwise_pg(m)
+    if OmegaConf.select(cfg, "method.reference_soup") is not None:
+        validate_reference_soup(m)
+# ---- end of the preference policy-gradient / soup block --------------------------------------------------------
+
+
 def _check_pass_k(cfg: DictConfig) -> None:
     ks = OmegaConf.select(cfg, "method.eval.pass_k") or []
     if not ks:
@@ -202,6 +235,7 @@ def validate(cfg: DictConfig) -> None:
 
         validate_brpo(m)
     _check_preference(cfg)
+    _check_online_preference(cfg)
     _check_pass_k(cfg)
     _check_batch_fits(cfg, "method.batch_size", OmegaConf.select(cfg, "method.batch_size"))
     if m.get("init") == "sft":  # the SFT warm start trains first: its settings are checked now, not after it

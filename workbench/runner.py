@@ -209,6 +209,69 @@ def sft_base(cfg: DictConfig, task: Task, parent: RunLogger, run_dir: Path) -> P
     return path
 
 
+# ---- SALSA: a reference soup of SFT warm starts trained with different seeds -------------------------------
+def soup_base(cfg: DictConfig, task: Task, parent: RunLogger, run_dir: Path) -> Path:
+    """The uniform weight average of SFT runs with the seeds ``method.reference_soup.seeds`` (each a cached SFT
+    base, trained now as a child run if missing), cached itself. Each member is what a plain run with that seed
+    trains or reuses (the RNG is seeded with it first); the run's own seed is restored afterwards.
+
+    Averaging weights needs members fine-tuned from one shared initialization (SALSA's SFT models come from one
+    pretrained model; the seed changes only the data order). A model built from scratch has no such init: its
+    seed also draws the initial weights, and the average of two independently initialized networks is not a
+    working model. So with ``shared_init`` (default: on for ``model.source=tiny``) each member is an SFT run
+    *starting from this run's own SFT base*, which plays the pretrained model's part."""
+    import hashlib
+
+    from omegaconf import open_dict
+
+    from workbench.config import validate_reference_soup
+    from workbench.policy.models import load_local
+
+    seeds = validate_reference_soup(cfg.method)
+    shared = cfg.method.reference_soup.get("shared_init")
+    shared = cfg.model.source == "tiny" if shared is None else bool(shared)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    init = sft_base(cfg, task, parent, run_dir / "soup_init") if shared else None
+    bases = []
+    for seed in seeds:
+        member = cfg.copy()
+        with open_dict(member):
+            member.seed = seed
+            if init is not None:  # fine-tune from the shared init, a local model folder, instead of the config's weights
+                member.model.source, member.model.path = "local", str(init)
+        L.seed_everything(seed, workers=True, verbose=False)
+        bases.append(sft_base(member, task, parent, run_dir / f"soup_seed{seed}"))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    key = hashlib.sha256("|".join(p.name for p in bases).encode()).hexdigest()[:16]
+    path = Path(cfg.paths.cache_dir) / "sft" / f"soup-{cfg.task.name}-{cfg.model.name}-{key}"
+    parent.set_tags({"workbench.reference_soup": json.dumps([str(p) for p in bases]), "workbench.sft_base_path": str(path)})
+    if has_weights(path):
+        log.info("reference soup: reusing %s", path)
+        return path
+    members = [load_local(p, cfg.model, field="method.reference_soup") for p in bases]
+    vocabularies = {json.dumps(m.tokenizer.get_vocab(), sort_keys=True) for m in members}
+    if len(vocabularies) > 1:
+        raise ConfigError("method.reference_soup", "the SFT bases have different tokenizers, so their weights do not align",
+                          "use a model whose tokenizer does not depend on the seed")
+    soup = members[0]
+    states = [m.model.state_dict() for m in members]
+    with torch.no_grad():
+        averaged = {k: sum(s[k].double() for s in states).div(len(states)).to(v.dtype) if v.is_floating_point() else v
+                    for k, v in states[0].items()}
+    soup.model.load_state_dict(averaged)
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    soup.save(tmp)
+    try:
+        tmp.rename(path)
+    except OSError:
+        if not has_weights(path):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("reference soup: averaged %d SFT bases into %s", len(bases), path)
+    return path
+
+
 # ---- entry --------------------------------------------------------------------------------------------
 def configure_runtime(cfg: DictConfig) -> None:
     threads = cfg.trainer.get("num_threads")
@@ -255,7 +318,9 @@ def run(cfg: DictConfig) -> dict:
         save_run_state(run_dir, cfg, logger)
 
     try:
-        weights = sft_base(cfg, task, logger, run_dir) if cfg.method.init == "sft" else None
+        weights = sft_base(cfg, task, logger, run_dir) if cfg.method.init == "sft" and not cfg.method.get("reference_soup") else None
+        if cfg.method.get("reference_soup"):  # SALSA: policy and reference start from the soup of SFT bases
+            weights = soup_base(cfg, task, logger, run_dir)
         policy = build_policy(cfg.model, cfg.paths.cache_dir, corpus=task.corpus() if weights is None else None,
                               tokenizer_dir=run_dir / "tokenizer", weights_dir=weights)
         if is_rank_zero():

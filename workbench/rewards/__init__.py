@@ -34,7 +34,7 @@ from typing import Sequence
 
 from workbench.errors import ConfigError
 from workbench.rewards.base import REWARDS, RewardFn, RewardParamError, register_reward
-from workbench.rewards import length, model, text, tools, verifiable  # noqa: F401  (register entries)
+from workbench.rewards import length, model, preference, text, tools, verifiable  # noqa: F401  (register entries)
 from workbench.rewards.verifiable import correctness
 
 AGGREGATIONS = ("weighted_sum", "normalize_then_sum")

@@ -221,23 +221,37 @@ F_DIVERGENCE_GRADIENTS = {
 
 
 def fdpg_loss(logps: torch.Tensor, proposal_logps: torch.Tensor, ref_logps: torch.Tensor, rewards: torch.Tensor,
-              beta: float, divergence: str = "js", baseline: float | torch.Tensor = 0.0) -> tuple[torch.Tensor, dict]:
-    """f-DPG (Go et al. 2023) surrogate for min D_f(p || pi_theta), p(y) = pi_ref(y) exp(r(y)/beta) / Z.
+              beta: float, divergence: str = "js", baseline: float | torch.Tensor = 0.0,
+              group_size: int | None = None) -> tuple[torch.Tensor, dict]:
+    """f-DPG (Go et al. 2023) surrogate for min D_f(pi_theta || p) = sum_y p f(pi_theta/p), p(y) = pi_ref(y) exp(r(y)/beta) / Z.
 
     Samples come from a proposal q (their log-probs ``proposal_logps``). With t = pi_theta/p the gradient is
     E_q[(pi_theta/q) f'(t) grad log pi_theta]; the code of the paper uses the pseudo-reward -f'(t) minus a
-    baseline, so this returns mean(-(pi_theta/q) (-f'(t) - baseline) log pi_theta) with the weight detached.
-    Z is estimated on the batch by importance sampling, Z ~ mean_q[pi_ref exp(r/beta) / q].
+    baseline, so this returns mean(-(pi_theta/q) (-f'(t) - baseline) log pi_theta) with the weight detached
+    (naver/disco ``tuners/losses/f_divergence.py``: ``loss = (importance_ratios * (-advantage) * policy_log_scores).mean()``,
+    ``advantage = pseudo_reward - baseline``; f' of ``kl.py``, ``js.py``, ``reverse_kl.py`` as in F_DIVERGENCE_GRADIENTS).
+    Z is estimated by importance sampling, Z ~ mean_q[pi_ref exp(r/beta) / q]: over the whole batch
+    (``group_size=None``, one context, as disco's unconditional tuner) or, for prompt-conditional targets
+    p(y|x) = pi_ref(y|x) exp(r/beta) / Z(x), per block of ``group_size`` consecutive rows (the samples of one
+    prompt; disco keeps one Z estimate per context). Differences from disco: disco averages Z over all samples seen
+    so far for a context (a moving average); here only the current batch's samples of the prompt. disco's ``tv.py``
+    uses the pseudo-reward -sign(log t) (f(t) = |t - 1|, ties -> +1); here tv is f(t) = |t - 1| / 2, half that.
     """
     if divergence not in F_DIVERGENCE_GRADIENTS:
         raise ValueError(f"unknown divergence '{divergence}' (one of {sorted(F_DIVERGENCE_GRADIENTS)})")
+    n = len(rewards)
+    group = n if group_size is None else int(group_size)
+    if group < 1 or n % group:
+        raise ValueError(f"{n} samples do not split into groups of group_size={group_size!r}")
     with torch.no_grad():
         log_unnormalized_p = ref_logps + rewards / beta
-        log_z = torch.logsumexp(log_unnormalized_p - proposal_logps, 0) - math.log(len(rewards))
-        log_p = log_unnormalized_p - log_z
+        log_w = (log_unnormalized_p - proposal_logps).view(-1, group)
+        log_z = torch.logsumexp(log_w, -1) - math.log(group)  # one per context (prompt)
+        log_p = log_unnormalized_p - log_z.repeat_interleave(group)
         log_t = logps.detach() - log_p
         importance = torch.exp(logps.detach() - proposal_logps)
         pseudo_reward = -F_DIVERGENCE_GRADIENTS[divergence](log_t)
         weight = importance * (pseudo_reward - baseline)
     loss = -(weight * logps).mean()
-    return loss, {"log_z": log_z, "pseudo_reward": pseudo_reward.mean(), "importance": importance.mean()}
+    return loss, {"log_z": log_z.mean() if group_size is not None else log_z.squeeze(0),
+                  "pseudo_reward": pseudo_reward.mean(), "importance": importance.mean(), "pseudo_rewards": pseudo_reward}
