@@ -131,6 +131,12 @@ def _check_preference(cfg: DictConfig) -> None:
     _choice(cfg, "method.reference", ("live", "precomputed"))
     _positive(cfg, "method.max_prompt_length", "e.g. method.max_prompt_length=256")
     _positive(cfg, "method.max_completion_length", "e.g. method.max_completion_length=64")
+    # ---- online / iterative preference methods: their own fields (workbench/methods/preference/online.py) ----
+    if str(m.get("module", "")).startswith("workbench.methods.preference.online."):
+        from workbench.methods.preference.online import check_online_fields
+
+        check_online_fields(m)
+    # ---- end online preference block ----
 
 
 # ---- online preference policy gradients (nash_md, p3o, copg, fdpg) and SALSA's reference soup ----------------
