@@ -2,7 +2,7 @@
 same pairs, same token ids, same loss and hyper-parameters, in one process; writes reports/dpo_vs_trl.md.
 
     python bench/dpo_vs_trl.py --profile    # 16x32x32 16x128x64 at 2 and 1 threads, 4 workbench variants vs TRL
-    python bench/dpo_vs_trl.py --variants default shared_prefix:method.shared_prefix=true   # only these two
+    python bench/dpo_vs_trl.py --variants default no_shared_prefix:method.shared_prefix=false   # only these two
     python bench/dpo_vs_trl.py --repeats 1 --steps 1 --warmup 2 --settings 2x4x4 \\
         --override model.hidden_size=32 --out /tmp/r.md                  # smoke run
 
@@ -25,8 +25,9 @@ What is built (once per setting):
   ``max_steps=K``; a callback times ``on_train_batch_start`` -> ``on_train_batch_end`` (training_step: one
   concatenated forward of the 2B rows + the reference forward + loss + logging; backward; clip; AdamW step). One
   module per *variant* (``--variants``, Hydra overrides of the workbench side: by default the ``method=dpo``
-  defaults, i.e. live reference and no shared prefix, and ``method.shared_prefix=true``, which encodes each prompt
-  once for its chosen and rejected completion, ``method.reference=precomputed``, and both).
+  defaults, i.e. live reference and the shared prefix (each prompt encoded once for its chosen and rejected
+  completion), ``method.shared_prefix=false`` (the same model passes as TRL), ``method.reference=precomputed``,
+  and both).
 * TRL: ``DPOTrainer`` with ``loss_type=["sigmoid"]``, the same beta, ``per_device_train_batch_size=B``, gradient
   accumulation 1, the same lr / betas / weight decay / clip, constant schedule, ``bf16=False``, ``use_cpu=True``,
   ``report_to=[]``, ``gradient_checkpointing=False`` (TRL's default is True; workbench does not checkpoint, so it is
@@ -68,8 +69,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_SETTINGS = ["16x32x32", "16x128x64"]
-DEFAULT_VARIANTS = ["default", "shared_prefix:method.shared_prefix=true", "precomputed:method.reference=precomputed",
-                    "shared_prefix_precomputed:method.shared_prefix=true,method.reference=precomputed"]
+DEFAULT_VARIANTS = ["default", "no_shared_prefix:method.shared_prefix=false", "precomputed:method.reference=precomputed",
+                    "no_shared_prefix_precomputed:method.shared_prefix=false,method.reference=precomputed"]
 GOAL = 1.2
 
 
@@ -428,10 +429,10 @@ def loadavg() -> str:
 
 
 DIFFERENCES = [
-    "* Model passes per step are the same in the `default` variant: one policy forward over the 2B rows (chosen and "
+    "* Model passes per step are the same in the `no_shared_prefix` variant: one policy forward over the 2B rows (chosen and "
     "rejected concatenated), one reference forward (no grad), one backward, one clipped AdamW step. No gradient "
     "checkpointing on either side (TRL's default `gradient_checkpointing=True` would re-run the forward in the "
-    "backward; it is switched off, and the script checks it stays off). `shared_prefix` packs each pair into one row "
+    "backward; it is switched off, and the script checks it stays off). The default (shared prefix) packs each pair into one row "
     "[prompt | chosen | rejected] with a 4-D mask, so the prompt goes through the model once instead of twice; "
     "`precomputed` drops the reference forward (as TRL's `precompute_ref_log_probs=True` does).",
     "* Row layout: workbench left-pads prompts and right-pads completions separately (width = longest prompt + longest "
@@ -475,7 +476,7 @@ def write_report(results: list[dict], out: Path, meta: dict) -> str:
         "reference work: live reference vs `TRL`, precomputed reference vs `TRL precomputed ref`):",
         "",
         *[f"* `{name}`: " + (f"`{' '.join(o)}`" if o else "the `method=dpo` defaults (`reference: live`, "
-                                                           "`shared_prefix: false`)") for name, o in variants],
+                                                           "`shared_prefix: true`)") for name, o in variants],
         "",
         "## Settings",
         "",

@@ -44,8 +44,8 @@ def test_all_sides_step_and_report_is_written(tmp_path):
     results = bench.main(["--repeats", "1", "--steps", "1", "--warmup", "2", "--threads", "1",
                           "--settings", "2x6x5", "--override", *TINY, "--out", str(out)])
     (r,) = results
-    assert set(r["sides"]) == {"workbench default", "workbench shared_prefix", "workbench precomputed",
-                               "workbench shared_prefix_precomputed", "TRL", "TRL precomputed ref"}
+    assert set(r["sides"]) == {"workbench default", "workbench no_shared_prefix", "workbench precomputed",
+                               "workbench no_shared_prefix_precomputed", "TRL", "TRL precomputed ref"}
     for side in r["sides"].values():
         assert len(side["records"]) == 1
         assert math.isfinite(side["median"]["step"]) and side["median"]["step"] > 0

