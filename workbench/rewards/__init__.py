@@ -24,7 +24,8 @@ Stateful rewards (``hapo_length``) expose ``state_dict()/load_state_dict()``; ``
 gathers them as plain JSON-able data for checkpoints.
 
 Registered: correctness, exact_answer, math_verify, format (verifiable.py); length, soft_overlong,
-cosine_length, hapo_length (length.py); bleu (text.py); tool_cost (tools.py); reward_model (model.py).
+cosine_length, hapo_length (length.py); bleu (text.py); tool_cost (tools.py); reward_model (model.py);
+spo_win_rate, judge_score (preference.py: judges of workbench/rewards/judges.py as rewards).
 """
 
 from __future__ import annotations
