@@ -51,7 +51,6 @@ import functools
 import logging
 import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -64,6 +63,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/jobs.py, also when loaded by file path (tests)
+from jobs import loadavg, machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -411,23 +413,6 @@ def profile_both(wb: WorkbenchSide, trl: TRLSide, threads: int, name: str, rows:
 
 
 # ---- report -------------------------------------------------------------------------------------------------------
-def machine_info() -> dict:
-    import lightning
-    import transformers
-    import trl
-
-    return dict(cpus=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
-                torch=torch.__version__, transformers=transformers.__version__, trl=trl.__version__,
-                lightning=lightning.__version__)
-
-
-def loadavg() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 DIFFERENCES = [
     "* Model passes per step are the same in the `no_shared_prefix` variant: one policy forward over the 2B rows (chosen and "
     "rejected concatenated), one reference forward (no grad), one backward, one clipped AdamW step. No gradient "

@@ -38,7 +38,6 @@ import datetime
 import functools
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,6 +49,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/jobs.py, also when loaded by file path (tests)
+from jobs import loadavg, machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -325,23 +327,6 @@ def profile_both(wb: WorkbenchSide, trl: TRLSide, threads: int, name: str, rows:
 
 
 # ---- report -------------------------------------------------------------------------------------------------------
-def machine_info() -> dict:
-    import lightning
-    import transformers
-    import trl
-
-    return dict(cpus=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
-                torch=torch.__version__, transformers=transformers.__version__, trl=trl.__version__,
-                lightning=lightning.__version__)
-
-
-def loadavg() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 DIFFERENCES = [
     "* Model passes per step are the same: one sampling pass (HF `generate`, KV cache), one reference log-prob pass "
     "(no grad), one policy forward + backward. With `num_iterations=1`, `steps_per_generation=1` and gradient "

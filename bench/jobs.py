@@ -1,8 +1,10 @@
-"""What the bench scripts share: run `python -m workbench.train` jobs one after another into one scratch MLflow store."""
+"""What the bench scripts share: run `python -m workbench.train` jobs one after another into one scratch MLflow store,
+and describe the machine a measurement ran on."""
 
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -39,3 +41,21 @@ def finished_main_runs(uri: str) -> list:
         return []
     runs = client.search_runs([exp.experiment_id], order_by=["start_time ASC"])
     return [r for r in runs if r.data.tags.get("workbench.stage") == "main" and r.info.status == "FINISHED"]
+
+
+def machine_info() -> dict:
+    import lightning
+    import torch
+    import transformers
+    import trl
+
+    return dict(cpus=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
+                torch=torch.__version__, transformers=transformers.__version__, trl=trl.__version__,
+                lightning=lightning.__version__)
+
+
+def loadavg() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"

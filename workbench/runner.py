@@ -173,6 +173,19 @@ def fit_stage(cfg: DictConfig, task: Task, policy: Policy, logger: RunLogger, ru
     return results
 
 
+def save_once(policy: Policy, path: Path) -> None:
+    """Write a cached model folder atomically: a private temporary folder, then one rename."""
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # parallel jobs never share a folder
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save(tmp)
+    try:
+        tmp.rename(path)
+    except OSError:
+        if not has_weights(path):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # a parallel job with the same base finished first
+
+
 def sft_base(cfg: DictConfig, task: Task, parent: RunLogger, run_dir: Path) -> Path:
     """The cached SFT warm start for this model and task, trained now (as a child MLflow run) if missing."""
     base = base_config(cfg)
@@ -193,15 +206,7 @@ def sft_base(cfg: DictConfig, task: Task, parent: RunLogger, run_dir: Path) -> P
     except BaseException:
         logger.close("FAILED")
         raise
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # parallel jobs never share a folder
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save(tmp)
-    try:
-        tmp.rename(path)
-    except OSError:
-        if not has_weights(path):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # a parallel job with the same base finished first
+    save_once(policy, path)
     logger.set_tags({"workbench.sft_base_path": str(path)})
     logger.close("FINISHED")
     parent.set_tags({"workbench.sft_base_run_id": logger.run_id, "workbench.sft_base_path": str(path)})
@@ -259,15 +264,7 @@ def soup_base(cfg: DictConfig, task: Task, parent: RunLogger, run_dir: Path) -> 
         averaged = {k: sum(s[k].double() for s in states).div(len(states)).to(v.dtype) if v.is_floating_point() else v
                     for k, v in states[0].items()}
     soup.model.load_state_dict(averaged)
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    soup.save(tmp)
-    try:
-        tmp.rename(path)
-    except OSError:
-        if not has_weights(path):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    save_once(soup, path)
     log.info("reference soup: averaged %d SFT bases into %s", len(bases), path)
     return path
 
