@@ -318,6 +318,9 @@ def run(cfg: DictConfig) -> dict:
         weights = sft_base(cfg, task, logger, run_dir) if cfg.method.init == "sft" and not cfg.method.get("reference_soup") else None
         if cfg.method.get("reference_soup"):  # SALSA: policy and reference start from the soup of SFT bases
             weights = soup_base(cfg, task, logger, run_dir)
+        # training the warm start here used the random streams; restart them so a run is the same draw whether
+        # its SFT base was trained just now or found in the cache
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
         policy = build_policy(cfg.model, cfg.paths.cache_dir, corpus=task.corpus() if weights is None else None,
                               tokenizer_dir=run_dir / "tokenizer", weights_dir=weights)
         if is_rank_zero():
