@@ -190,6 +190,29 @@ def test_validate_names_the_field(tmp_path, overrides, field):
     assert message.startswith(f"{field}: ") and " -> " in message and "\n" not in message
 
 
+@pytest.mark.parametrize("overrides, field", [
+    (["method=dpo", "task=arithmetic"], "task"),  # no pairs to train on
+    (["method.loss_type=sigmoidd"], "method.loss_type"),
+    (["method.loss_type=[kto,sft]"], "method.loss_type"),
+    (["method.loss_type=[sigmoid,sft]", "method.loss_weights=[1.0]"], "method.loss_weights"),
+    (["method.beta=0"], "method.beta"),
+    (["+method.loss_params.label_smoothing=0.5"], "method.loss_params.label_smoothing"),
+    (["method=rdpo", "task.flip_rate=0.6"], "task.flip_rate"),
+    (["method.reference=cached"], "method.reference"),
+    (["method.max_prompt_length=0"], "method.max_prompt_length"),
+])
+def test_preference_validate_names_the_field(tmp_path, overrides, field):
+    method = [o for o in overrides if o.startswith("method=")] or ["method=dpo"]
+    rest = [o for o in overrides if not o.startswith("method=")]
+    cfg = compose_cfg([*method, "task=synthetic_preference", *FAST, *rest], tmp_path / "run")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+        from workbench.tasks import build_task
+
+        build_task(cfg.task)
+    assert info.value.field == field and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("method, extra", [
     ("sft", []), ("grpo", []), ("grpo", ["method.beta=0", "method.top_p=1", "method.minibatch_size=4"]),
     ("sft", ["method.scheduler=constant", "task.train_size=4"]),

@@ -124,6 +124,9 @@ def _check_preference(cfg: DictConfig) -> None:
             raise ConfigError("method.loss_weights", f"{len(weights)} weights for {len(names)} loss types",
                               "give one weight per entry of method.loss_type (or null for 1 each)")
     _positive(cfg, "method.beta", "set method.beta > 0, e.g. 0.1")
+    flip = OmegaConf.select(cfg, "task.flip_rate")
+    if flip is not None and not (isinstance(flip, (int, float)) and not isinstance(flip, bool) and 0 <= flip < 0.5):
+        raise ConfigError("task.flip_rate", f"must be in [0, 0.5), got {flip!r}", "set task.flip_rate=0.2 for 20 % flipped labels")
     smoothing = OmegaConf.select(cfg, "method.loss_params.label_smoothing")
     if smoothing is not None and not (isinstance(smoothing, (int, float)) and 0 <= smoothing < 0.5):
         raise ConfigError("method.loss_params.label_smoothing", f"must be in [0, 0.5), got {smoothing!r}",
