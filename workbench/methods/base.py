@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from workbench.errors import NonFiniteLossError
 from workbench.policy.models import Policy
+from workbench.policy.logprobs import token_logprobs
 from workbench.policy.sampler import sample
 from workbench.tasks import Task
 
@@ -95,6 +97,8 @@ class PolicyModule(L.LightningModule):
         ks = list(self.cfg.eval.get("pass_k") or [])
         if ks:
             self._pass_at_k(batch, prefix, ks)
+        if getattr(self, "judge", None) is not None:
+            self.judge_samples(batch, prefix)
 
     def _pass_at_k(self, batch, prefix: str, ks: list[int]) -> None:
         """Unbiased pass@k (Chen et al. 2021) from ``eval.num_samples`` samples per prompt at ``eval.temperature``."""
@@ -108,6 +112,32 @@ class PolicyModule(L.LightningModule):
         for k in ks:
             values = pass_at_k(correct.sum(-1), samples, k)
             self.log(f"{prefix}/pass_at_{k}", values.mean(), batch_size=len(values), on_epoch=True, sync_dist=True)
+
+    @torch.no_grad()
+    def judge_samples(self, rows: dict, prefix: str) -> None:
+        """With a judge (``self.judge``): sample the policy and the reference (``self.reference``) on held-out
+        prompts at ``eval.temperature``; log the judge's reward of the policy's samples, their win rate against the
+        reference's samples, the sampled KL(pi || pi_ref) and the verifier's accuracy on the samples."""
+        prompts = self.formatted(rows["prompt"])
+        fields = {k: v for k, v in rows.items() if k in ("answer",)}
+        kw = dict(max_new_tokens=self.cfg.eval.max_new_tokens, temperature=float(self.cfg.eval.temperature))
+        policy = sample(self.model, self.tokenizer, prompts, **kw)
+        n = len(prompts)
+        log = dict(on_epoch=True, batch_size=n, sync_dist=True)
+        self.log(f"{prefix}/judge_reward", self.judge.score(rows["prompt"], policy.texts, **fields).float().mean(), **log)
+        if "answer" in rows:
+            correct = torch.tensor([float(self.task.verify(t, a)) for t, a in zip(policy.texts, rows["answer"])])
+            self.log(f"{prefix}/sample_accuracy", correct.mean(), **log)
+        reference = getattr(self, "reference", None)
+        if reference is None:
+            return
+        with reference._model.disable_adapter() if reference.use_adapters_off else contextlib.nullcontext():
+            baseline = sample(reference._model, self.tokenizer, prompts, **kw)
+        wins = self.judge.prefer(rows["prompt"], policy.texts, baseline.texts, **fields)
+        self.log(f"{prefix}/win_rate", wins.float().mean(), **log)
+        args = (policy.prompt_ids, policy.prompt_mask, policy.completion_ids, policy.completion_mask)
+        lp, _ = token_logprobs(self.model, *args)
+        self.log(f"{prefix}/kl", (lp - reference.logprobs(*args)).sum(-1).mean(), **log)
 
     def validation_step(self, batch, batch_idx):
         self._greedy_eval(batch, "val")

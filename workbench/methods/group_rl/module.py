@@ -22,6 +22,7 @@ from workbench.policy.generation import build_generator
 from workbench.policy.logprobs import Reference, token_logprobs
 from workbench.policy.shared_prefix import check_shared_prefix_support, shared_prefix_token_logprobs
 from workbench.rewards import RewardSet
+from workbench.rewards.judges import build_judge
 from workbench.tasks.base import normalize_number
 
 
@@ -37,6 +38,8 @@ class GroupRLModule(PolicyModule):
         if method.beta > 0 or method.log_kl:
             self.reference = Reference(self.model, use_adapters_off=hasattr(self.model, "disable_adapter"))
         self._times: dict[str, float] = {}
+        # a judge (method.judge, e.g. SPO's and SALSA's oracle) adds held-out win rate vs the reference to evaluation
+        self.judge = build_judge(method.judge, task) if method.get("judge") else None
         if method.get("shared_prefix", False):
             self._check_shared_prefix_support()
 

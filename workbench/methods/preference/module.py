@@ -28,7 +28,6 @@ from workbench.methods.base import PolicyModule, prompt_collate
 from workbench.methods.preference.losses import (REFERENCE_FREE, PairLogps, combined_loss, implicit_rewards,
                                                   kto_kl_baseline, kto_loss)
 from workbench.policy.logprobs import Reference, token_logprobs
-from workbench.policy.sampler import sample
 from workbench.policy.shared_prefix import check_shared_prefix_support, shared_prefix_token_logprobs
 from workbench.rewards.judges import build_judge
 
@@ -264,41 +263,10 @@ class PreferenceModule(PolicyModule):
                        None if ref is None else ref[0::2], None if ref is None else ref[1::2])
         self._log_pairs(prefix, lp, len(examples), on_step=False)
         if self.judge is not None:
-            self._judge_samples(rows, prefix)
-
-    def _judge_samples(self, rows: dict, prefix: str) -> None:
-        """Sample the policy and the reference on the held-out prompts; judge reward, win rate, sampled KL."""
-        prompts = [self.encoder.prompt_text(p) for p in rows["prompt"]]
-        fields = {k: v for k, v in rows.items() if k in ("answer",)}
-        kw = dict(max_new_tokens=self.cfg.eval.max_new_tokens, temperature=float(self.cfg.eval.temperature))
-        policy = sample(self.model, self.tokenizer, prompts, **kw)
-        n = len(prompts)
-        scores = self.judge.score(rows["prompt"], policy.texts, **fields)
-        self.log(f"{prefix}/judge_reward", scores.float().mean(), on_epoch=True, batch_size=n, sync_dist=True)
-        if hasattr(self.task, "verify") and "answer" in rows:
-            correct = torch.tensor([float(self.task.verify(t, a)) for t, a in zip(policy.texts, rows["answer"])])
-            self.log(f"{prefix}/sample_accuracy", correct.mean(), on_epoch=True, batch_size=n, sync_dist=True)
-        if self.reference is None:
-            return
-        ctx = self.reference._model.disable_adapter() if self.reference.use_adapters_off else _null()
-        with ctx:
-            reference = sample(self.reference._model, self.tokenizer, prompts, **kw)
-        wins = self.judge.prefer(rows["prompt"], policy.texts, reference.texts, **fields)
-        self.log(f"{prefix}/win_rate", wins.float().mean(), on_epoch=True, batch_size=n, sync_dist=True)
-        lp, _ = token_logprobs(self.model, policy.prompt_ids, policy.prompt_mask, policy.completion_ids, policy.completion_mask)
-        ref_lp = self.reference.logprobs(policy.prompt_ids, policy.prompt_mask, policy.completion_ids, policy.completion_mask)
-        self.log(f"{prefix}/kl", (lp - ref_lp).sum(-1).mean(), on_epoch=True, batch_size=n, sync_dist=True)
+            self.judge_samples(rows, prefix)
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, "val")
 
     def test_step(self, batch, batch_idx):
         self._evaluate(batch, self.eval_prefix)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
