@@ -65,7 +65,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/jobs.py, also when loaded by file path (tests)
-from jobs import loadavg, machine_info  # noqa: E402
+from jobs import loadavg, machine_info, write_report_with_profiles  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -526,16 +526,7 @@ def write_report(results: list[dict], out: Path, meta: dict) -> str:
                                         f"**not met** (TRL/workbench {', '.join(f'{x:.2f}x' for x in ratios)}; "
                                         f"{sum(x >= GOAL for x in ratios)} of {len(ratios)} settings reach {GOAL}x)."))
     lines += ["", "## What differs between the two loops (read from the code, not measured)", "", *DIFFERENCES]
-    for setting, tables in [(r["setting"], r["profile"]) for r in results if r.get("profile")]:
-        lines += ["", f"## torch.profiler, one step each, setting {setting} (top ops by self CPU time)", ""]
-        for side, table in tables.items():
-            lines += [f"### {side}", "", "```", table.rstrip(), "```", ""]
-    if meta.get("notes"):
-        lines += ["", "## Notes", "", meta["notes"].rstrip()]
-    text = "\n".join(lines) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return text
+    return write_report_with_profiles(lines, results, out, meta.get("notes"))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

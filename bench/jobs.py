@@ -59,3 +59,17 @@ def loadavg() -> str:
         return " / ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def write_report_with_profiles(lines: list[str], results: list[dict], out: Path, notes: str | None = None) -> str:
+    """Append each setting's torch.profiler tables (and hand notes) to a report's lines and write it."""
+    for setting, tables in [(r["setting"], r["profile"]) for r in results if r.get("profile")]:
+        lines += ["", f"## torch.profiler, one step each, setting {setting} (top ops by self CPU time)", ""]
+        for side, table in tables.items():
+            lines += [f"### {side}", "", "```", table.rstrip(), "```", ""]
+    if notes:
+        lines += ["", "## Notes", "", notes.rstrip()]
+    text = "\n".join(lines) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text
