@@ -50,6 +50,7 @@ class PolicyModule(L.LightningModule):
         self.model.train()  # from_pretrained returns eval mode; sampling switches modes itself
         self.eval_prefix = "test"  # train.py switches it to tell before-training from after-training evals
         self._step_started = time.perf_counter()
+        self._times: dict[str, float] = {}
 
     # ---- data -------------------------------------------------------------------------------
     @property
@@ -175,6 +176,13 @@ class PolicyModule(L.LightningModule):
     # ---- throughput ---------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx):
         self._step_started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def _timed(self, name: str):
+        """Add the block's wall time to ``self._times[name]`` (the per-step time breakdown, logged as time_<name>)."""
+        start = time.perf_counter()
+        yield
+        self._times[name] = self._times.get(name, 0.0) + time.perf_counter() - start
 
     def count_tokens(self, tokens: int) -> None:
         """Tokens this step pushed through the model (sampled, scored and trained), for tokens/s."""

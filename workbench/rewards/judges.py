@@ -3,7 +3,9 @@
 A judge has
 
 * ``score(prompts, completions, **fields) -> (N,) float tensor``: a scalar reward per completion, and
-* ``prefer(prompts, a, b, **fields) -> (N,) float tensor``: P(a > b) in [0, 1] for each pair.
+* ``prefer(prompts, a, b, **fields) -> (N,) float tensor``: P(a > b) in [0, 1] for each pair, and
+* ``group_preferences(prompts, completions, group_size, **fields)``: all pairs within each group of samples
+  at the cost of scoring each sample once (online methods, SPO's win rate).
 
 Online preference methods label their samples with ``prefer``; evaluation reports the win rate of the
 policy against the reference as ``mean(prefer(x, y_policy, y_ref))``. Score-based judges get ``prefer``
@@ -38,11 +40,22 @@ class Judge:
     def score(self, prompts: Sequence[str], completions: Sequence[str], **fields) -> torch.Tensor:
         raise NotImplementedError
 
-    def prefer(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], **fields) -> torch.Tensor:
-        sa, sb = self.score(prompts, a, **fields), self.score(prompts, b, **fields)
+    def preference(self, sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
+        """P(a > b) from the two scores (broadcasting)."""
         if self.link == "hard":
             return (sa > sb).float() + 0.5 * (sa == sb).float()
         return torch.sigmoid((sa - sb) / self.temperature)
+
+    def prefer(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str], **fields) -> torch.Tensor:
+        return self.preference(self.score(prompts, a, **fields).float(), self.score(prompts, b, **fields).float())
+
+    def group_preferences(self, prompts: Sequence[str], completions: Sequence[str], group_size: int,
+                          **fields) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, G, G) P(y_i > y_j) among each prompt's G completions (rows [b*G:(b+1)*G]; 1/2 on the diagonal) and
+        the (N,) scores: every completion is scored once, not once per pair it is in."""
+        scores = self.score(prompts, completions, **fields).float()
+        grouped = scores.view(-1, group_size)
+        return self.preference(grouped[:, :, None], grouped[:, None, :]), scores
 
 
 @JUDGES.register("oracle")

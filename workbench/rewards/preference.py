@@ -5,8 +5,8 @@ sample i's reward is the fraction of the other G-1 samples of its group that it 
 
     r_i = 1/(G-1) * sum_{j != i} P(y_i > y_j | x),    P from ``Judge.prefer`` (ties count 1/2).
 
-The judge is queried once per unordered pair with P(y_j > y_i) = 1 - P(y_i > y_j) (a preference function is
-antisymmetric by definition in SPO). Rewards of a group therefore average to 1/2. Any group-RL update can then
+Every sample is scored by the judge once and each pair's preference follows from the two scores
+(``Judge.group_preferences``), so P(y_j > y_i) = 1 - P(y_i > y_j) and the rewards of a group average to 1/2. Any group-RL update can then
 optimise it (conf/method/spo.yaml uses GRPO's). The paper's recipe (win proportion as reward, any RL optimiser)
 is CONFIRMED-paper in METHODS.md A10.
 
@@ -33,20 +33,10 @@ def group_win_rates(judge, prompts, completions, group_size: int, **fields) -> t
     n = len(completions)
     if group_size < 2:
         return torch.full((n,), 0.5)
-    a_rows, b_rows = [], []
-    for group in group_slices(n, group_size):
-        for i in range(group.start, group.stop):
-            for j in range(i + 1, group.stop):
-                a_rows.append(i)
-                b_rows.append(j)
-    pick = lambda values, rows: [values[r] for r in rows]  # noqa: E731
-    pair_fields = {k: pick(v, a_rows) for k, v in fields.items() if v is not None and len(v) == n}
-    p = judge.prefer(pick(prompts, a_rows), pick(completions, a_rows), pick(completions, b_rows), **pair_fields)
-    p = torch.as_tensor(p, dtype=torch.float32)
-    wins = torch.zeros(n)
-    wins.index_add_(0, torch.tensor(a_rows), p)
-    wins.index_add_(0, torch.tensor(b_rows), 1 - p)
-    return wins / (group_size - 1)
+    group_slices(n, group_size)  # the layout check: n must split into groups
+    fields = {k: v for k, v in fields.items() if v is not None and len(v) == n}
+    prefs, _ = judge.group_preferences(list(prompts), list(completions), group_size, **fields)
+    return ((prefs.sum(-1) - 0.5) / (group_size - 1)).flatten()  # the diagonal (itself) contributes 1/2
 
 
 def _judge(task, judge):

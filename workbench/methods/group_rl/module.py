@@ -8,8 +8,6 @@ with other registry entries chosen by config: ``advantage`` (advantages.py), ``p
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 
 import torch
 
@@ -37,7 +35,6 @@ class GroupRLModule(PolicyModule):
         self.reference = None
         if method.beta > 0 or method.log_kl:
             self.reference = Reference(self.model, use_adapters_off=hasattr(self.model, "disable_adapter"))
-        self._times: dict[str, float] = {}
         # a judge (method.judge, e.g. SPO's and SALSA's oracle) adds held-out win rate vs the reference to evaluation
         self.judge = build_judge(method.judge, task) if method.get("judge") else None
         if method.get("shared_prefix", False):
@@ -102,12 +99,6 @@ class GroupRLModule(PolicyModule):
         mb = self.cfg.minibatch_size or n
         mb = max(whole, mb // whole * whole)
         return [slice(i, min(i + mb, n)) for i in range(0, n, mb)]
-
-    @contextmanager
-    def _timed(self, name: str):
-        start = time.perf_counter()
-        yield
-        self._times[name] = self._times.get(name, 0.0) + time.perf_counter() - start
 
     # ---- the step ---------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):

@@ -170,12 +170,19 @@ def _sft(lp: PairLogps, **_):
     return sft_term(lp.chosen, lp.chosen_tokens)
 
 
-def combined_loss(lp: PairLogps, loss_types: list[str], weights: list[float], params: dict) -> tuple[torch.Tensor, dict]:
-    """sum_k w_k * mean(loss_k), with each term's mean returned for logging."""
+def combined_loss(lp: PairLogps, loss_types: list[str], weights: list[float], params: dict,
+                  keep: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """sum_k w_k * mean(loss_k), with each term's mean returned for logging; with ``keep`` (B,) the means run
+    over the kept pairs only (online methods drop ties), 0 with a gradient path when none is kept."""
     total = lp.chosen.new_zeros(())
     parts = {}
     for name, weight in zip(loss_types, weights, strict=True):
-        term = PAIR_LOSSES[name](lp, **params).mean()
+        losses = PAIR_LOSSES[name](lp, **params)
+        if keep is None:
+            term = losses.mean()
+        else:
+            mask = keep.to(losses.dtype)
+            term = (losses * mask).sum() / mask.sum().clamp(min=1)
         parts[name] = term.detach()
         total = total + weight * term
     return total, parts

@@ -32,14 +32,12 @@ source, and what was assumed, is in each loss's docstring (online_losses.py) and
 from __future__ import annotations
 
 import copy
-import time
-from contextlib import contextmanager
 
 import torch
 from omegaconf import open_dict
 
 from workbench.errors import ConfigError
-from workbench.methods.preference.losses import PAIR_LOSSES, PairLogps, combined_loss
+from workbench.methods.preference.losses import PairLogps, combined_loss
 from workbench.methods.preference.module import PreferenceModule
 from workbench.methods.preference.online_losses import (best_worst_by_win_rate, hypo_kl_surrogate, inpo_loss,
                                                          masked_mean, ofs_chasing_loss)
@@ -119,16 +117,9 @@ class OnlinePreferenceModule(PreferenceModule):
         if self.judge is None and self._labels_online():
             raise ConfigError("method.judge", f"is null but '{method.name}' labels its samples with a judge",
                               "set method.judge={name: oracle} (synthetic task) or {name: reward_model, path: ...}")
-        self._times: dict[str, float] = {}
 
     def _labels_online(self) -> bool:
         return True
-
-    @contextmanager
-    def _timed(self, name: str):
-        start = time.perf_counter()
-        yield
-        self._times[name] = self._times.get(name, 0.0) + time.perf_counter() - start
 
     # ---- sampling and judging ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -147,19 +138,8 @@ class OnlinePreferenceModule(PreferenceModule):
     @torch.no_grad()
     def _judge(self, rows: list[dict], rollout: Rollout, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, k, k) preference probabilities P(y_i > y_j) from the judge, and the (B*k,) judge scores."""
-        B, prompts = len(rows), [r["prompt"] for r in rows]
-        fields = self._fields(rows, k)
-        scores = self.judge.score([p for p in prompts for _ in range(k)], rollout.texts, **fields).float()
-        ii, jj = torch.triu_indices(k, k, 1)
-        npairs = len(ii)
-        texts = rollout.texts
-        a = [texts[b * k + i] for b in range(B) for i in ii.tolist()]
-        c = [texts[b * k + j] for b in range(B) for j in jj.tolist()]
-        pair_fields = {key: [v[b * k] for b in range(B) for _ in range(npairs)] for key, v in fields.items()}
-        p = self.judge.prefer([p for p in prompts for _ in range(npairs)], a, c, **pair_fields).float().view(B, npairs)
-        prefs = torch.full((B, k, k), 0.5)
-        prefs[:, ii, jj], prefs[:, jj, ii] = p, 1 - p
-        return prefs, scores
+        prompts = [r["prompt"] for r in rows for _ in range(k)]
+        return self.judge.group_preferences(prompts, rollout.texts, k, **self._fields(rows, k))
 
     @staticmethod
     def _pair_batch(rollout: Rollout, k: int, chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
@@ -200,12 +180,7 @@ class OnlinePreferenceModule(PreferenceModule):
 
     def _pair_loss(self, lp: PairLogps, keep: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """sum_k w_k * (mean over kept pairs of loss_k)."""
-        total, parts = lp.chosen.new_zeros(()), {}
-        for name, weight in zip(self.loss_types, self.loss_weights, strict=True):
-            term = masked_mean(PAIR_LOSSES[name](lp, **self.loss_params), keep)
-            parts[name] = term.detach()
-            total = total + weight * term
-        return total, parts
+        return combined_loss(lp, self.loss_types, self.loss_weights, self.loss_params, keep)
 
     @staticmethod
     def _kl(sums: torch.Tensor, ref_sums: torch.Tensor | None) -> torch.Tensor | None:
