@@ -34,6 +34,17 @@ FAST = [
 FAST_BASE = ["method.base.max_steps=3", "method.base.val_check_interval=3", "method.base.batch_size=8"]
 FAST_GRPO = ["method.group_size=2", *FAST_BASE]
 FAST_PREFERENCE = ["task=synthetic_preference", *FAST_BASE]
+# Control methods (offline / hybrid RL on gymnasium tasks): small MLPs, a few updates, two evaluation episodes.
+FAST_CONTROL = [
+    "method.hidden=[32,32]",
+    "method.batch_size=32",
+    "trainer.max_steps=6",
+    "method.val_check_interval=3",
+    "method.log_every=2",
+    "task.eval_episodes=2",
+    "trainer.progress_bar=false",
+    "trainer.num_threads=1",
+]
 
 
 def compose_cfg(overrides: list[str], output_dir: Path, tracking_uri: str | None = None) -> DictConfig:
@@ -49,6 +60,14 @@ def compose_cfg(overrides: list[str], output_dir: Path, tracking_uri: str | None
 def method_family(method: str) -> str:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=[f"method={method}"]).method.family
+
+
+def default_control_task(method: str) -> str:
+    """The task a control method is exercised on: Pendulum offline data, or Pendulum online for online-only methods."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        m = compose(config_name="train", overrides=[f"method={method}"]).method
+    online = m.get("online") or {}
+    return "pendulum" if online.get("enabled") and not online.get("start_step") else "pendulum_expert"
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +94,10 @@ def fast_cfg(tmp_path):
 
     def make(method: str = "sft", extra: list[str] | None = None, run_dir: str = "run") -> DictConfig:
         family = method_family(method)
+        if family == "offline_rl":
+            task = [] if any(o.startswith("task=") for o in extra or []) else [f"task={default_control_task(method)}"]
+            overrides = [f"method={method}", *task, *FAST_CONTROL, *(extra or [])]
+            return compose_cfg(overrides, tmp_path / run_dir, f"sqlite:///{tmp_path / 'mlflow.db'}")
         by_family = {"group_rl": FAST_GRPO, "preference": FAST_PREFERENCE}.get(family, [])
         overrides = [f"method={method}", *FAST, *by_family, *(extra or [])]
         return compose_cfg(overrides, tmp_path / run_dir, f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, FAST, compose_cfg, method_family
+from conftest import CONF_DIR, FAST, FAST_CONTROL, compose_cfg, default_control_task, method_family
 from workbench.config import validate
 from workbench.methods import method_class
 from workbench.policy import build_policy
@@ -38,6 +38,11 @@ def test_config_composes_and_instantiates(group, option, tmp_path, local_model_d
     from workbench.runner import build_trainer, make_logger
 
     overrides = [f"{group}={option}", *FAST]
+    control_method = group == "method" and method_family(option) == "offline_rl"
+    control_task = group == "task" and "control" in OmegaConf.load(Path(CONF_DIR) / "task" / f"{option}.yaml")
+    if control_method or control_task:
+        _control_case(group, option, tmp_path)
+        return
     if group == "task" and option == "gsm8k":
         overrides = [o for o in overrides if not o.startswith("task.")] + ["task.train_size=64", "task.test_size=8"]
     if group == "model" and option not in ("tiny_llama", "tiny_qwen2"):  # the sizes in FAST are tiny-only
@@ -64,6 +69,29 @@ def test_config_composes_and_instantiates(group, option, tmp_path, local_model_d
     assert trainer.max_steps == cfg.trainer.max_steps
     if group == "trainer" and option == "ddp_cpu":
         assert trainer.num_devices == 2
+
+
+def _control_case(group: str, option: str, tmp_path) -> None:
+    """A control method on its default task, or a control task under a method that handles its actions."""
+    from workbench.runner import build_trainer, make_logger
+
+    if group == "method":
+        overrides = [f"method={option}", f"task={default_control_task(option)}"]
+    else:
+        space = OmegaConf.load(Path(CONF_DIR) / "task" / f"{option}.yaml").action_space
+        dataset = OmegaConf.load(Path(CONF_DIR) / "task" / f"{option}.yaml").get("dataset") or {}
+        method = "sac" if not dataset else ("td3_bc" if space == "continuous" else "bc")
+        overrides = [f"method={method}", f"task={option}"]
+        if dataset.get("kind"):
+            pytest.skip("generated datasets are built (SAC training) by tests/test_control_generate.py")
+    cfg = compose_cfg([*overrides, *FAST_CONTROL], tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    OmegaConf.resolve(cfg)
+    validate(cfg)
+    task = build_task(cfg.task)
+    module = method_class(cfg.method.module)(task, cfg.method, cfg.trainer)
+    assert module.family == cfg.method.family == "offline_rl"
+    trainer = build_trainer(cfg, make_logger(cfg), tmp_path / "run", module.automatic_optimization)
+    assert trainer.max_steps == cfg.trainer.max_steps
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml")))

@@ -10,7 +10,8 @@ from workbench import ROOT
 from conftest import method_family
 from workbench.train import run
 
-METHODS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+ALL_METHODS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
+METHODS = [m for m in ALL_METHODS if method_family(m) != "offline_rl"]  # control methods: tests/test_control_runs.py
 
 
 @pytest.mark.parametrize("method", METHODS)

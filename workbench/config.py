@@ -185,7 +185,7 @@ def _check_pass_k(cfg: DictConfig) -> None:
     bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= samples]
     if bad:
         raise ConfigError("method.eval.pass_k", f"{bad} outside 1..num_samples={samples}",
-                          f"use k values <= method.eval.num_samples or raise num_samples")
+                          "use k values <= method.eval.num_samples or raise num_samples")
     _positive(cfg, "method.eval.temperature", "sample pass@k with method.eval.temperature > 0, e.g. 1.0")
 
 
@@ -200,9 +200,57 @@ def _check_batch_fits(cfg: DictConfig, key: str, batch_size) -> None:
                           f"lower {key} or raise task.train_size")
 
 
+def _check_control(cfg: DictConfig) -> bool:
+    """Control methods pair with control tasks (and the reverse); their own fields. True for a control run."""
+    control_method = cfg.method.get("family") == "offline_rl"
+    control_task = bool(cfg.task.get("control"))
+    if control_method and not control_task:
+        raise ConfigError("task", f"'{cfg.task.name}' is a language task; method '{cfg.method.name}' trains on a gymnasium "
+                                  "environment", "add task=pendulum_expert (or another control task: conf/task/)")
+    if control_task and not control_method:
+        raise ConfigError("method", f"'{cfg.method.name}' trains a language model; task '{cfg.task.name}' is a control task",
+                          "pick an offline/hybrid RL method, e.g. method=td3_bc")
+    if not control_method:
+        return False
+    m = cfg.method
+    declared = cfg.task.get("action_space")
+    spaces = list(m.get("action_spaces") or ["continuous"])
+    if declared not in spaces:
+        raise ConfigError("task", f"'{cfg.task.name}' has {declared} actions; {m.name} handles {' and '.join(spaces)} actions",
+                          "pick a task with matching actions (conf/task/) or another method")
+    for key in ("actor_lr", "critic_lr", "value_lr", "alpha_lr", "batch_size", "max_steps", "val_check_interval", "log_every"):
+        _positive(cfg, f"method.{key}", f"set method.{key} to a positive value")
+    for key in ("gamma", "tau", "expectile"):
+        value = m.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
+            raise ConfigError(f"method.{key}", f"must be in (0, 1], got {value!r}", f"e.g. method.{key}=0.99" if key == "gamma" else "see the method's config")
+    hidden = m.get("hidden")
+    if hidden is not None and (isinstance(hidden, (str, int)) or not len(hidden)
+                               or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden)):
+        raise ConfigError("method.hidden", f"must be a list of layer widths, got {hidden!r}", "e.g. method.hidden=[256,256]")
+    _choice(cfg, "method.reward_normalization", ("none", "returns_range"))
+    episodes = cfg.task.get("eval_episodes")
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ConfigError("task.eval_episodes", f"must be a positive count, got {episodes!r}", "e.g. task.eval_episodes=10")
+    online = m.get("online") or {}
+    if online.get("enabled"):
+        for key in ("start_step", "random_steps"):
+            _positive(cfg, f"method.online.{key}", f"set method.online.{key} >= 0", allow_zero=True)
+        _positive(cfg, "method.online.env_steps_per_update", "set method.online.env_steps_per_update >= 1")
+        _positive(cfg, "method.online.buffer_size", "set method.online.buffer_size to the transitions kept from online steps")
+    elif not (cfg.task.get("dataset") or {}).get("path") and not (cfg.task.get("dataset") or {}).get("kind"):
+        raise ConfigError("task.dataset", f"'{cfg.task.name}' has no dataset and {m.name} learns offline",
+                          "use a task with a dataset (e.g. task=pendulum_expert) or an online method (sac, dsac_t)")
+    if int(cfg.trainer.devices) * int(cfg.trainer.get("num_nodes", 1)) > 1:
+        raise ConfigError("trainer.devices", "control methods run in one process (small MLPs, one environment)", "use trainer=cpu or trainer=gpu")
+    return True
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first nonsense value and its fix."""
     m = cfg.method
+    if _check_control(cfg):
+        return
     _positive(cfg, "method.lr", "use a small positive learning rate, e.g. method.lr=1e-4")
     _positive(cfg, "method.batch_size", "set method.batch_size to a positive count")
     _positive(cfg, "method.max_new_tokens", "set method.max_new_tokens to a positive count")

@@ -87,7 +87,7 @@ def make_logger(cfg: DictConfig, run_id: str | None = None, extra_tags: dict | N
         "workbench.method": cfg.method.name,
         "workbench.family": cfg.method.family,
         "workbench.task": cfg.task.name,
-        "workbench.model": cfg.model.name,
+        "workbench.model": "mlp" if is_control(cfg) else cfg.model.name,
         "workbench.seed": str(cfg.seed),
         "git.commit": commit,
         "git.dirty": str(dirty),
@@ -105,6 +105,8 @@ def make_logger(cfg: DictConfig, run_id: str | None = None, extra_tags: dict | N
 
 def record_config(logger: RunLogger, cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if is_control(cfg):
+        resolved.pop("model", None)  # the language-model group plays no part in a control run
     logger.log_hyperparams(flatten(resolved))
     logger.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
 
@@ -156,9 +158,18 @@ def build_trainer(cfg: DictConfig, logger: RunLogger, run_dir: Path, automatic_o
     )
 
 
-def fit_stage(cfg: DictConfig, task: Task, policy: Policy, logger: RunLogger, run_dir: Path,
+def is_control(cfg: DictConfig) -> bool:
+    """Control methods (offline / hybrid RL on gymnasium tasks) train their own MLPs: no language model."""
+    return cfg.method.family == "offline_rl"
+
+
+def fit_stage(cfg: DictConfig, task: Task, policy: Policy | None, logger: RunLogger, run_dir: Path,
               resume_from: Path | None = None, evaluate_before: bool = True) -> dict[str, float]:
-    module = method_class(cfg.method.module)(policy, task, cfg.method, cfg.trainer)
+    if policy is None:  # a control method: the task holds the environment and the dataset
+        module = method_class(cfg.method.module)(task, cfg.method, cfg.trainer)
+        module.run_seed = int(cfg.seed)
+    else:
+        module = method_class(cfg.method.module)(policy, task, cfg.method, cfg.trainer)
     trainer = build_trainer(cfg, logger, run_dir, module.automatic_optimization)
     results: dict[str, float] = {}
     if evaluate_before:
@@ -314,34 +325,29 @@ def run(cfg: DictConfig) -> dict:
             record_config(logger, cfg)
         save_run_state(run_dir, cfg, logger)
 
+    control = is_control(cfg)
+    before_key = "test_before/normalized_score" if control else "test_before/accuracy"
     try:
-        weights = sft_base(cfg, task, logger, run_dir) if cfg.method.init == "sft" and not cfg.method.get("reference_soup") else None
-        if cfg.method.get("reference_soup"):  # SALSA: policy and reference start from the soup of SFT bases
-            weights = soup_base(cfg, task, logger, run_dir)
-        # training the warm start here used the random streams; restart them so a run is the same draw whether
-        # its SFT base was trained just now or found in the cache
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        policy = build_policy(cfg.model, cfg.paths.cache_dir, corpus=task.corpus() if weights is None else None,
-                              tokenizer_dir=run_dir / "tokenizer", weights_dir=weights)
-        if is_rank_zero():
-            policy.tokenizer.save_pretrained(run_dir / "tokenizer")
-        evaluate_before = state is None or "test_before/accuracy" not in logger.last_logged
-        results = fit_stage(cfg, task, policy, logger, run_dir, resume_from, evaluate_before)
+        if control:
+            evaluate_before = state is None or before_key not in logger.last_logged
+            results = fit_stage(cfg, task, None, logger, run_dir, resume_from, evaluate_before)
+        else:
+            results = _fit_language_model(cfg, task, logger, run_dir, state, resume_from)
     except NonFiniteLossError as e:
         logger.close("FAILED")
         raise SystemExit(f"workbench: {e}") from None
     except BaseException:
         logger.close("KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED")
         raise
-    if state is not None and "test_before/accuracy" not in results:
-        before = logger.experiment.get_run(logger.run_id).data.metrics.get("test_before/accuracy")
+    if state is not None and before_key not in results:
+        before = logger.experiment.get_run(logger.run_id).data.metrics.get(before_key)
         if before is not None:
-            results["test_before/accuracy"] = before
+            results[before_key] = before
     results["wall_time_s"] = time.time() - started
     logger.log_metrics({"run/wall_time_s": results["wall_time_s"]}, step=results["steps"])
     logger.close("FINISHED")
     summary = {
-        "method": cfg.method.name, "task": cfg.task.name, "model": cfg.model.name, "seed": cfg.seed,
+        "method": cfg.method.name, "task": cfg.task.name, "model": "mlp" if control else cfg.model.name, "seed": cfg.seed,
         "run_dir": str(run_dir), "mlflow_run_id": logger.run_id, "tracking_uri": cfg.logger.tracking_uri,
         "metrics": {k: v for k, v in results.items() if isinstance(v, (int, float))},
     }
@@ -349,3 +355,20 @@ def run(cfg: DictConfig) -> dict:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         print_summary(summary)
     return summary
+
+
+def _fit_language_model(cfg: DictConfig, task: Task, logger: RunLogger, run_dir: Path, state: dict | None,
+                        resume_from: Path | None) -> dict[str, float]:
+    """The SFT warm start (or SALSA's soup) when the method asks for one, then the method's own stage."""
+    weights = sft_base(cfg, task, logger, run_dir) if cfg.method.init == "sft" and not cfg.method.get("reference_soup") else None
+    if cfg.method.get("reference_soup"):  # SALSA: policy and reference start from the soup of SFT bases
+        weights = soup_base(cfg, task, logger, run_dir)
+    # training the warm start here used the random streams; restart them so a run is the same draw whether
+    # its SFT base was trained just now or found in the cache
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    policy = build_policy(cfg.model, cfg.paths.cache_dir, corpus=task.corpus() if weights is None else None,
+                          tokenizer_dir=run_dir / "tokenizer", weights_dir=weights)
+    if is_rank_zero():
+        policy.tokenizer.save_pretrained(run_dir / "tokenizer")
+    evaluate_before = state is None or "test_before/accuracy" not in logger.last_logged
+    return fit_stage(cfg, task, policy, logger, run_dir, resume_from, evaluate_before)

@@ -30,7 +30,8 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as e:
         print(f"workbench: error: {e}", file=sys.stderr)
         sys.exit(2)
-    return summary["metrics"].get("test/accuracy")
+    metrics = summary["metrics"]
+    return metrics.get("test/accuracy", metrics.get("test/normalized_score"))
 
 
 if __name__ == "__main__":

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 
 import lightning as L
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from workbench.errors import NonFiniteLossError
+from workbench.methods.rng import rng_state, set_rng_state
 from workbench.policy.models import Policy
 from workbench.policy.logprobs import token_logprobs
 from workbench.policy.sampler import sample
@@ -197,17 +196,7 @@ class PolicyModule(L.LightningModule):
 
     # ---- RNG state travels with checkpoints, so a resumed run samples like an uninterrupted one
     def on_save_checkpoint(self, checkpoint):
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        checkpoint["workbench_rng"] = {  # plain types and tensors only: checkpoints load with weights_only=True
-            "python": random.getstate(),
-            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-            "torch": torch.get_rng_state(),
-        }
+        checkpoint["workbench_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint):
-        state = checkpoint.get("workbench_rng")
-        if state:
-            random.setstate(state["python"])
-            kind, keys, pos, has_gauss, gauss = state["numpy"]
-            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-            torch.set_rng_state(state["torch"])
+        set_rng_state(checkpoint.get("workbench_rng"))
