@@ -280,7 +280,7 @@ class HNPG(ControlModule):
                 last_v[ends] = self.value(on["next_obs"][ends])
             _, adv = returns_and_advantages(on["rewards"], self.value(on["obs"]), last_v, on["ends"], on["dones"], gamma, lam)
             states, actions = on["obs"], on["actions"]
-            if hybrid:
+            if hybrid and cfg.get("offline_policy_states", True):
                 off_a = self.actor.sample(off["obs"])
                 off_adv = self.critic(off["obs"], off_a) - self.value(off["obs"])
                 states, actions = torch.cat([states, off["obs"]]), torch.cat([actions, off_a])
