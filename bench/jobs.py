@@ -26,6 +26,9 @@ def train_jobs(jobs: list[tuple[str, list[str]]], scratch: Path, workers: int = 
 
     def one(job: tuple[str, list[str]]) -> None:
         name, overrides = job
+        if (scratch / name / "summary.json").is_file():
+            print(f"{name} done earlier (skipped)", flush=True)  # re-running a command fills in only what is missing
+            return
         started = time.perf_counter()
         if workers == 1:
             print(f"{name} ...", end=" ", flush=True)
@@ -36,6 +39,12 @@ def train_jobs(jobs: list[tuple[str, list[str]]], scratch: Path, workers: int = 
         outcome = f"{'ok' if proc.returncode == 0 else f'FAILED ({last})'} in {time.perf_counter() - started:.0f} s"
         print(outcome if workers == 1 else f"{name} {outcome}", flush=True)
 
+    if workers > 1:  # create the store once: parallel first jobs would race to create its tables
+        import mlflow
+
+        client = mlflow.MlflowClient(uri)
+        if client.get_experiment_by_name("workbench") is None:
+            client.create_experiment("workbench")
     if workers == 1:
         for job in jobs:
             one(job)
