@@ -60,3 +60,38 @@ def test_resume_after_sigkill_continues_the_same_run(tmp_path, method):
     assert len(val) == len(set(val)) == steps // 20
     assert len(client.get_metric_history(run_id, "test_before/accuracy")) == 1
     assert len(client.get_metric_history(run_id, "test/accuracy")) == 1
+
+
+def test_control_run_resumes_with_its_replay_buffer(tmp_path):
+    """An online control run (SAC) killed after a checkpoint resumes into the same MLflow run with its replay buffer:
+    every logged step once, and the buffer keeps growing from where it was (it travels in the checkpoint)."""
+    run_dir = tmp_path / "run"
+    steps, every, log_every = 300, 50, 10
+    overrides = ["method=sac", "task=pendulum", "method.hidden=[32,32]", "method.batch_size=32", f"trainer.max_steps={steps}",
+                 f"method.val_check_interval={every}", f"method.log_every={log_every}", "method.online.random_steps=100",
+                 "task.eval_episodes=1", "trainer.progress_bar=false", "trainer.num_threads=1", f"hydra.run.dir={run_dir}"]
+    env = cli_env(tmp_path)
+    proc = subprocess.Popen([python(), "-m", "workbench.train", *overrides], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not _checkpoints(run_dir) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.3))
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"run ended on its own before the kill (rc={proc.returncode}): {err[-2000:]}"
+    done = subprocess.run([python(), "-m", "workbench.train", f"resume={run_dir}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("workbench")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("workbench.stage") == "main"]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    for key in ("train/critic_loss", "train/buffer_size"):
+        assert [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)] == \
+            list(range(log_every, steps + 1, log_every)), key
+    sizes = [m.value for m in sorted(client.get_metric_history(run_id, "train/buffer_size"), key=lambda m: m.step)]
+    assert sizes == sorted(sizes) and sizes[-1] == 100 + steps - 1  # random warm-up + one step per update after the first
+    assert len(client.get_metric_history(run_id, "val/normalized_score")) == steps // every
+    assert len(client.get_metric_history(run_id, "test_before/normalized_score")) == 1
