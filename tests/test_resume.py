@@ -16,6 +16,19 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return list((run_dir / "checkpoints").glob("*.ckpt"))
 
 
+def _start_and_kill_after_first_checkpoint(overrides: list[str], run_dir: Path, env: dict, jitter: float) -> None:
+    """Launch a run and SIGKILL it at a random moment after its first checkpoint is on disk."""
+    proc = subprocess.Popen([python(), "-m", "workbench.train", *overrides], cwd=run_dir.parent, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not _checkpoints(run_dir) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, jitter))  # "any moment" after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"run ended on its own before the kill (rc={proc.returncode}): {err[-2000:]}"
+
+
 @pytest.mark.parametrize("method", ["sft", "grpo"])
 def test_resume_after_sigkill_continues_the_same_run(tmp_path, method):
     run_dir = tmp_path / "run"
@@ -28,15 +41,7 @@ def test_resume_after_sigkill_continues_the_same_run(tmp_path, method):
     if method == "grpo":
         overrides += ["method.group_size=4", "method.base.max_steps=5", "method.base.val_check_interval=5"]
     env = cli_env(tmp_path)
-    proc = subprocess.Popen([python(), "-m", "workbench.train", *overrides], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not _checkpoints(run_dir) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.5))  # "any moment" after the first checkpoint
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"run ended on its own before the kill (rc={proc.returncode}): {err[-2000:]}"
+    _start_and_kill_after_first_checkpoint(overrides, run_dir, env, jitter=0.5)
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("workbench")
@@ -71,15 +76,7 @@ def test_control_run_resumes_with_its_replay_buffer(tmp_path):
                  f"method.val_check_interval={every}", f"method.log_every={log_every}", "method.online.random_steps=100",
                  "task.eval_episodes=1", "trainer.progress_bar=false", "trainer.num_threads=1", f"hydra.run.dir={run_dir}"]
     env = cli_env(tmp_path)
-    proc = subprocess.Popen([python(), "-m", "workbench.train", *overrides], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not _checkpoints(run_dir) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.3))
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"run ended on its own before the kill (rc={proc.returncode}): {err[-2000:]}"
+    _start_and_kill_after_first_checkpoint(overrides, run_dir, env, jitter=0.3)
     done = subprocess.run([python(), "-m", "workbench.train", f"resume={run_dir}"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from workbench.errors import ConfigError
 from workbench.methods.offline_rl.networks import Critics, TanhGaussianActor, soft_update
-from workbench.methods.offline_rl.sac import SAC, sac_actor_loss, temperature_loss
+from workbench.methods.offline_rl.sac import SAC
 
 
 def gaussian_critic(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,15 +135,8 @@ class DSACT(SAC):
         return {"critic_loss": loss.detach(), "q_mean": q.detach().mean(), "sigma_mean": sigma.detach().mean(),
                 "sigma_bar": self.sigma_bar.mean()}
 
-    def actor_update(self, batch) -> dict:
-        a, log_prob = self.actor.sample(batch["obs"])
-        q_pi, _ = self.distribution(self.critic, batch["obs"], a)
-        loss = sac_actor_loss(q_pi, log_prob, self.alpha)
-        self.optimize("actor", loss)
-        stats = {"actor_loss": loss.detach(), "entropy": -log_prob.detach().mean(), "alpha": self.alpha}
-        if self.cfg.autotune_alpha:
-            self.optimize("alpha", temperature_loss(self.log_alpha, log_prob, self.target_entropy))
-        return stats
+    def policy_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.distribution(self.critic, obs, actions)[0]
 
     def update(self, batch):
         stats = self.critic_update(batch)

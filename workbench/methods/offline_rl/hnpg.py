@@ -339,20 +339,8 @@ class HNPG(ControlModule):
             rollout = self.collect_episodes()
         with self._timed("update"):
             stats = self.hnpg_update(rollout)
-        self._stats.update(stats)
-        self._stats["env_steps"] = float(self.env_steps)
-        step = self.global_step
-        if step % int(self.cfg.get("log_every", 1)) == 0 or step == self.total_steps:
-            logged = {f"train/{k}": float(v) for k, v in self._stats.items()}
-            logged["train/step_time"] = time.perf_counter() - started
-            logged.update({f"train/time_{k}": v for k, v in self._times.items()})
-            if self._episode_returns:
-                logged["train/episode_return"] = float(np.mean(self._episode_returns))
-                logged["train/episode_normalized_score"] = float(self.task.normalized_score(np.mean(self._episode_returns)))
-                self._episode_returns = []
-            if self.logger is not None:
-                self.logger.log_metrics(logged, step=step)
-        self._times = {}
+        stats["env_steps"] = float(self.env_steps)
+        self.log_train(stats, started, buffer_size=False)  # the buffer holds only the dataset
 
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)

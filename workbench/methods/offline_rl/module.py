@@ -231,7 +231,12 @@ class ControlModule(L.LightningModule):
             stats = self.update(batch)
         if not self._counted:  # an update that stepped nothing still is one training step
             self._optimizer(self._optimizer_names[0]).step()
-        self._stats.update(stats)  # an update that skips a loss (e.g. a delayed actor) reports its last value
+        self.log_train(stats, started)
+
+    def log_train(self, stats: dict, started: float, buffer_size: bool = True) -> None:
+        """Every ``log_every`` steps: the update's stats (the last value of any it skipped, e.g. a delayed actor),
+        step time and its breakdown, mean return of the episodes collected since, the buffer size online."""
+        self._stats.update(stats)
         step = self.global_step
         if step % int(self.cfg.get("log_every", 100)) == 0 or step == self.total_steps:
             logged = {f"train/{k}": float(v) for k, v in self._stats.items()}
@@ -241,7 +246,7 @@ class ControlModule(L.LightningModule):
                 logged["train/episode_return"] = float(np.mean(self._episode_returns))
                 logged["train/episode_normalized_score"] = float(self.task.normalized_score(np.mean(self._episode_returns)))
                 self._episode_returns = []
-            if self.online:
+            if self.online and buffer_size:
                 logged["train/buffer_size"] = float(self.buffer.size)
             if self.logger is not None:  # straight to the logger: self.log would re-send these values every step
                 self.logger.log_metrics(logged, step=step)

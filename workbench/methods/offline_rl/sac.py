@@ -63,9 +63,13 @@ class SAC(ControlModule):
         self.optimize("critic", loss)
         return {"critic_loss": loss.detach(), "q_mean": q.detach().mean()}
 
+    def policy_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """[n_critics, B] action values the actor maximizes (distributional critics: their means)."""
+        return self.critic(obs, actions)
+
     def actor_update(self, batch) -> dict:
         a, log_prob = self.actor.sample(batch["obs"])
-        loss = sac_actor_loss(self.critic(batch["obs"], a), log_prob, self.alpha)
+        loss = sac_actor_loss(self.policy_q(batch["obs"], a), log_prob, self.alpha)
         self.optimize("actor", loss)
         stats = {"actor_loss": loss.detach(), "entropy": -log_prob.detach().mean(), "alpha": self.alpha}
         if self.cfg.autotune_alpha:
