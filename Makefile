@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers: the tests run at one torch thread each, so two workers use both cores of a CI machine
+PYTEST_WORKERS ?= 2
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
-.PHONY: install run test test-fast ui clean
+.PHONY: install run test test-all ui clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,11 +27,12 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m workbench.train $(ARGS)
 
+# CI's suite: everything but the slow end-to-end runs (they would double its time); test-all adds them
 test: install
-	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 -n $(PYTEST_WORKERS) --dist load -m "not slow" $(PYTEST_ARGS)
 
-test-fast: install
-	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+test-all: install
+	$(PY) -m pytest -q -ra --durations=15 -n $(PYTEST_WORKERS) --dist load $(PYTEST_ARGS)
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
