@@ -237,7 +237,8 @@ def _check_control(cfg: DictConfig) -> bool:
         for key in ("start_step", "random_steps"):
             _positive(cfg, f"method.online.{key}", f"set method.online.{key} >= 0", allow_zero=True)
         _positive(cfg, "method.online.env_steps_per_update", "set method.online.env_steps_per_update >= 1")
-        _positive(cfg, "method.online.buffer_size", "set method.online.buffer_size to the transitions kept from online steps")
+        _positive(cfg, "method.online.buffer_size", "set method.online.buffer_size to the transitions kept from online steps",
+                  allow_zero=True)  # 0: on-policy methods (HNPG) that do not keep their samples
     elif not (cfg.task.get("dataset") or {}).get("path") and not (cfg.task.get("dataset") or {}).get("kind"):
         raise ConfigError("task.dataset", f"'{cfg.task.name}' has no dataset and {m.name} learns offline",
                           "use a task with a dataset (e.g. task=pendulum_expert) or an online method (sac, dsac_t)")

@@ -328,11 +328,11 @@ def run(cfg: DictConfig) -> dict:
     control = is_control(cfg)
     before_key = "test_before/normalized_score" if control else "test_before/accuracy"
     try:
+        evaluate_before = state is None or before_key not in logger.last_logged  # a resumed run evaluated it already
         if control:
-            evaluate_before = state is None or before_key not in logger.last_logged
             results = fit_stage(cfg, task, None, logger, run_dir, resume_from, evaluate_before)
         else:
-            results = _fit_language_model(cfg, task, logger, run_dir, state, resume_from)
+            results = _fit_language_model(cfg, task, logger, run_dir, resume_from, evaluate_before)
     except NonFiniteLossError as e:
         logger.close("FAILED")
         raise SystemExit(f"workbench: {e}") from None
@@ -357,8 +357,8 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-def _fit_language_model(cfg: DictConfig, task: Task, logger: RunLogger, run_dir: Path, state: dict | None,
-                        resume_from: Path | None) -> dict[str, float]:
+def _fit_language_model(cfg: DictConfig, task: Task, logger: RunLogger, run_dir: Path, resume_from: Path | None,
+                        evaluate_before: bool) -> dict[str, float]:
     """The SFT warm start (or SALSA's soup) when the method asks for one, then the method's own stage."""
     weights = sft_base(cfg, task, logger, run_dir) if cfg.method.init == "sft" and not cfg.method.get("reference_soup") else None
     if cfg.method.get("reference_soup"):  # SALSA: policy and reference start from the soup of SFT bases
@@ -370,5 +370,4 @@ def _fit_language_model(cfg: DictConfig, task: Task, logger: RunLogger, run_dir:
                           tokenizer_dir=run_dir / "tokenizer", weights_dir=weights)
     if is_rank_zero():
         policy.tokenizer.save_pretrained(run_dir / "tokenizer")
-    evaluate_before = state is None or "test_before/accuracy" not in logger.last_logged
     return fit_stage(cfg, task, policy, logger, run_dir, resume_from, evaluate_before)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from workbench.errors import NonFiniteLossError
 from workbench.methods.rng import rng_state, set_rng_state
+from workbench.methods.timing import StepTimes
 from workbench.policy.models import Policy
 from workbench.policy.logprobs import token_logprobs
 from workbench.policy.sampler import sample
@@ -36,7 +37,7 @@ def prompt_collate(rows: list[dict]) -> dict[str, list]:
     return {key: [row[key] for row in rows] for key in rows[0]}
 
 
-class PolicyModule(L.LightningModule):
+class PolicyModule(StepTimes, L.LightningModule):
     family = "base"
 
     def __init__(self, policy: Policy, task: Task, method: DictConfig, trainer_cfg: DictConfig | None = None):
@@ -175,13 +176,6 @@ class PolicyModule(L.LightningModule):
     # ---- throughput ---------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx):
         self._step_started = time.perf_counter()
-
-    @contextlib.contextmanager
-    def _timed(self, name: str):
-        """Add the block's wall time to ``self._times[name]`` (the per-step time breakdown, logged as time_<name>)."""
-        start = time.perf_counter()
-        yield
-        self._times[name] = self._times.get(name, 0.0) + time.perf_counter() - start
 
     def count_tokens(self, tokens: int) -> None:
         """Tokens this step pushed through the model (sampled, scored and trained), for tokens/s."""

@@ -14,7 +14,6 @@ What every algorithm gets from here, so a file such as ``td3_bc.py`` holds only 
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import lightning as L
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from workbench.errors import ConfigError, NonFiniteLossError
 from workbench.methods.rng import rng_state, set_rng_state
+from workbench.methods.timing import StepTimes
 from workbench.tasks.control.datasets import Transitions
 from workbench.tasks.control.envs import evaluate, make_env, to_env_action
 from workbench.tasks.control.task import ControlTask
@@ -104,7 +104,7 @@ def reward_transform(data: Transitions | None, mode: str, scale: float, bias: fl
     return mult * scale, bias
 
 
-class ControlModule(L.LightningModule):
+class ControlModule(StepTimes, L.LightningModule):
     family = "offline_rl"
     action_spaces: tuple[str, ...] = ("continuous",)
 
@@ -170,7 +170,7 @@ class ControlModule(L.LightningModule):
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.obs_mean) / self.obs_std
 
-    def optimize(self, name: str, loss: torch.Tensor, parameters=None) -> None:
+    def optimize(self, name: str, loss: torch.Tensor) -> None:
         """zero_grad, backward, clip (``method.max_grad_norm``), step of the optimizer ``name``."""
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(f"{name} loss became {loss.item()} at step {self.global_step}; stopped, last good "
@@ -191,12 +191,6 @@ class ControlModule(L.LightningModule):
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         return opts[self._optimizer_names.index(name)]
-
-    @contextlib.contextmanager
-    def _timed(self, name: str):
-        start = time.perf_counter()
-        yield
-        self._times[name] = self._times.get(name, 0.0) + time.perf_counter() - start
 
     # ---- Lightning ---------------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -75,20 +75,35 @@ def to_env_action(spec: EnvSpec, action: np.ndarray):
     return np.clip(np.asarray(action, dtype=np.float32).reshape(spec.action_dim), -1.0, 1.0) * spec.action_scale
 
 
-def evaluate(act: Callable[[np.ndarray], np.ndarray], spec: EnvSpec, episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``episodes`` episodes (seeds ``seed``, ``seed+1``, ...) in lockstep, one batched ``act`` call per step.
+TRANSITION_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
-    ``act`` maps a (n, obs_dim) float32 array to n actions in the network's space. Returns per-episode returns
-    and lengths."""
+
+def run_episodes(act: Callable[[np.ndarray], np.ndarray], spec: EnvSpec, episodes: int, seed: int,
+                 record: bool = False) -> tuple[np.ndarray, np.ndarray, list[dict[str, list]] | None]:
+    """Run ``episodes`` episodes (environment seeds ``seed``, ``seed+1``, ...) in lockstep, one batched ``act``
+    call per step: the one episode runner of evaluation and of the dataset generator.
+
+    ``act`` maps a (n, obs_dim) float32 array to n actions in the network's space. Returns per-episode returns,
+    lengths, and with ``record`` each episode's transitions (D4RL keys, actions in the environment's units)."""
     envs = [make_env(spec.env_id) for _ in range(episodes)]
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
     returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
+    recorded = [{k: [] for k in TRANSITION_KEYS} for _ in range(episodes)] if record else None
     alive = np.ones(episodes, dtype=bool)
     while alive.any():
         idx = np.flatnonzero(alive)
         actions = act(obs[idx])
         for j, i in enumerate(idx):
-            o, r, terminated, truncated, _ = envs[i].step(to_env_action(spec, actions[j]))
+            action = to_env_action(spec, actions[j])
+            o, r, terminated, truncated, _ = envs[i].step(action)
+            if record:
+                ep = recorded[i]
+                ep["observations"].append(obs[i].copy())
+                ep["actions"].append(np.asarray(action, dtype=np.float32))
+                ep["rewards"].append(r)
+                ep["next_observations"].append(np.asarray(o, dtype=np.float32))
+                ep["terminals"].append(bool(terminated))
+                ep["timeouts"].append(bool(truncated and not terminated))
             obs[i] = o
             returns[i] += r
             lengths[i] += 1
@@ -96,4 +111,10 @@ def evaluate(act: Callable[[np.ndarray], np.ndarray], spec: EnvSpec, episodes: i
                 alive[i] = False
     for env in envs:
         env.close()
+    return returns, lengths, recorded
+
+
+def evaluate(act: Callable[[np.ndarray], np.ndarray], spec: EnvSpec, episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-episode returns and lengths of ``episodes`` lockstep episodes (see ``run_episodes``)."""
+    returns, lengths, _ = run_episodes(act, spec, episodes, seed)
     return returns, lengths

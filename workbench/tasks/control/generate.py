@@ -59,7 +59,7 @@ import torch
 
 from workbench.errors import ConfigError
 from workbench.tasks.control.datasets import normalized_score, save_transitions
-from workbench.tasks.control.envs import EnvSpec, env_spec, evaluate, make_env, to_env_action
+from workbench.tasks.control.envs import EnvSpec, env_spec, evaluate, run_episodes
 
 KINDS = ("random", "medium", "medium_replay", "expert", "medium_expert")
 VERSION = 1  # part of the cache key: bump when generation changes what it writes
@@ -250,36 +250,15 @@ def rollouts(spec: EnvSpec, size: int, seed: int, policy=None) -> dict[str, np.n
     [-1, 1]) or uniform random actions; episodes run in lockstep, one batched policy call per step. Environment
     seeds ``seed, seed+1, ...``; the random actions come from ``numpy.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
+    act = policy if policy is not None else (lambda obs: rng.uniform(-1.0, 1.0, (len(obs), spec.action_dim)))
     episodes: list[dict[str, list]] = []
     total, next_seed = 0, seed
     while total < size:
         n = max(1, math.ceil((size - total) / spec.max_episode_steps))
-        envs = [make_env(spec.env_id) for _ in range(n)]
-        obs = np.stack([env.reset(seed=next_seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+        _, lengths, recorded = run_episodes(act, spec, n, next_seed, record=True)
         next_seed += n
-        batch = [{k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")}
-                 for _ in range(n)]
-        alive = np.ones(n, dtype=bool)
-        while alive.any():
-            idx = np.flatnonzero(alive)
-            actions = policy(obs[idx]) if policy is not None else rng.uniform(-1.0, 1.0, (len(idx), spec.action_dim))
-            for j, i in enumerate(idx):
-                action = to_env_action(spec, actions[j])
-                o, r, terminated, truncated, _ = envs[i].step(action)
-                ep = batch[i]
-                ep["observations"].append(obs[i].copy())
-                ep["actions"].append(np.asarray(action, dtype=np.float32))
-                ep["rewards"].append(r)
-                ep["next_observations"].append(np.asarray(o, dtype=np.float32))
-                ep["terminals"].append(bool(terminated))
-                ep["timeouts"].append(bool(truncated and not terminated))
-                obs[i] = o
-                if terminated or truncated:
-                    alive[i] = False
-        for env in envs:
-            env.close()
-        episodes.extend(batch)
-        total += sum(len(ep["rewards"]) for ep in batch)
+        episodes.extend(recorded)
+        total += int(lengths.sum())
     out = {k: np.concatenate([np.asarray(ep[k]) for ep in episodes]) for k in episodes[0]}
     out["episode_ids"] = np.concatenate([np.full(len(ep["rewards"]), i, dtype=np.int64) for i, ep in enumerate(episodes)])
     return _typed(out)
