@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 
 
 
+def hh_layout(messages: list[dict]) -> str:
+    """A conversation in the HH-RLHF layout, ending with the cue for the next assistant turn."""
+    roles = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    return "".join(f"\n\n{roles.get(m['role'], m['role'])}: {m['content']}" for m in messages) + "\n\nAssistant:"
+
+
 @dataclass
 class Policy:
     model: PreTrainedModel
@@ -46,8 +52,7 @@ class Policy:
         HH-RLHF layout, '\n\nHuman: ...\n\nAssistant: ...' ending with '\n\nAssistant:'."""
         if self.use_chat_template:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        roles = {"user": "Human", "assistant": "Assistant", "system": "System"}
-        return "".join(f"\n\n{roles.get(m['role'], m['role'])}: {m['content']}" for m in messages) + "\n\nAssistant:"
+        return hh_layout(messages)
 
     def prompt_text(self, prompt) -> str:
         """A task prompt as the text the model continues: a string, or a TRL conversational message list."""
