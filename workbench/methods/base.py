@@ -147,9 +147,13 @@ class PolicyModule(StepTimes, L.LightningModule):
         self._greedy_eval(batch, self.eval_prefix)
 
     # ---- optimization -----------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        """What the optimizer trains; methods with a critic add a group with its own learning rate."""
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=tuple(self.cfg.adam_betas))
+        opt = torch.optim.AdamW(self.param_groups(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                betas=tuple(self.cfg.adam_betas))
         warmup = int(self.cfg.warmup_steps)
         total = max(self.total_steps, 1)
         kind = self.cfg.scheduler
