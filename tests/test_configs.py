@@ -49,6 +49,10 @@ def test_config_composes_and_instantiates(group, option, tmp_path, local_model_d
         overrides = [o for o in overrides if not o.startswith("model.")] + ([f"model.path={local_model_dir}"] if option == "hf_local" else [])
     if group == "method" and method_family(option) == "preference":
         overrides.append("task=synthetic_preference")  # preference methods train on pairs
+    if group == "task" and "workbench.tasks.envs." in OmegaConf.load(Path(CONF_DIR) / "task" / f"{option}.yaml")._target_:
+        overrides.append("method=gigpo")  # a multi-turn environment needs a multi-turn method
+    if group == "method" and method_family(option) == "multi_turn":
+        overrides.append("task=gridworld")
     cfg = compose_cfg(overrides, tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}")
     OmegaConf.resolve(cfg)
     validate(cfg)

@@ -247,6 +247,35 @@ def _check_control(cfg: DictConfig) -> bool:
     return True
 
 
+def is_env_task(cfg: DictConfig) -> bool:
+    return str(cfg.task.get("_target_", "")).startswith("workbench.tasks.envs.")
+
+
+def _check_multi_turn(cfg: DictConfig) -> None:
+    """Multi-turn environments need a multi-turn method (SFT trains on their expert turns); the family's fields."""
+    m = cfg.method
+    family = m.get("family")
+    if is_env_task(cfg) and family not in ("multi_turn", "sft"):
+        raise ConfigError("method", f"'{m.name}' ({family}) cannot play the multi-turn environment task '{cfg.task.name}'",
+                          "use a multi-turn method: method=gigpo, grpo_multi_turn, ppo_gae, poad, ma_rlhf, vineppo, "
+                          "archer, pure or dapo_step")
+    if family != "multi_turn":
+        return
+    _positive(cfg, "method.clip_eps", "set method.clip_eps >= 0, e.g. 0.2", allow_zero=True)
+    _positive(cfg, "method.critic_lr", "set method.critic_lr > 0, e.g. 5e-4")
+    for key in ("gamma", "lam"):
+        value = m.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            raise ConfigError(f"method.{key}", f"must be in [0, 1], got {value!r}", f"e.g. method.{key}=0.95")
+    _choice(cfg, "method.mode", ("mean_norm", "mean_std_norm"))
+    _choice(cfg, "method.episode_stats", ("steps", "trajectories"))
+    _choice(cfg, "method.credit", ("gae", "macro"))
+    _choice(cfg, "method.discount_at", ("token", "action"))
+    omega = m.get("omega")
+    if omega is not None and (isinstance(omega, bool) or not isinstance(omega, (int, float))):
+        raise ConfigError("method.omega", f"must be a number, got {omega!r}", "e.g. method.omega=1.0 (0 = multi-turn GRPO)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first nonsense value and its fix."""
     m = cfg.method
@@ -294,6 +323,7 @@ def validate(cfg: DictConfig) -> None:
         validate_brpo(m)
     _check_preference(cfg)
     _check_online_preference(cfg)
+    _check_multi_turn(cfg)
     _check_pass_k(cfg)
     _check_batch_fits(cfg, "method.batch_size", OmegaConf.select(cfg, "method.batch_size"))
     if m.get("init") == "sft":  # the SFT warm start trains first: its settings are checked now, not after it

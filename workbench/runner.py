@@ -326,7 +326,8 @@ def run(cfg: DictConfig) -> dict:
         save_run_state(run_dir, cfg, logger)
 
     control = is_control(cfg)
-    before_key = "test_before/normalized_score" if control else "test_before/accuracy"
+    before_key = ("test_before/normalized_score" if control else
+                  "test_before/success_rate" if cfg.method.family == "multi_turn" else "test_before/accuracy")
     try:
         evaluate_before = state is None or before_key not in logger.last_logged  # a resumed run evaluated it already
         if control:

@@ -31,7 +31,10 @@ def main(cfg: DictConfig) -> float | None:
         print(f"workbench: error: {e}", file=sys.stderr)
         sys.exit(2)
     metrics = summary["metrics"]
-    return metrics.get("test/accuracy", metrics.get("test/normalized_score"))
+    for key in ("test/accuracy", "test/success_rate", "test/normalized_score"):  # the objective Optuna maximizes
+        if key in metrics:
+            return metrics[key]
+    return None
 
 
 if __name__ == "__main__":
