@@ -23,6 +23,10 @@ from jobs import finished_main_runs, loadavg, machine_info, train_jobs  # bench/
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# both arms on arithmetic: the default experiment's 600-step SFT base (the same cached base as method=grpo), the
+# same learning rate, 100 rollout steps (2 PPO epochs each: 200 optimizer steps)
+ARITHMETIC = ["method.base.max_steps=600", "method.lr=2e-4", "method.max_steps=200", "method.val_check_interval=50"]
+
 # study -> (title, [(label, method, task, overrides)], default seeds)
 STUDIES = {
     "gigpo_vs_grpo": (
@@ -32,8 +36,8 @@ STUDIES = {
     ),
     "vineppo_vs_ppo": (
         "VinePPO vs PPO-GAE on arithmetic",
-        [("VinePPO (MC values, token steps)", "vineppo", "arithmetic", ["method.step_split=token"]),
-         ("PPO-GAE (learned critic)", "ppo_gae", "arithmetic", [])],
+        [("VinePPO (MC values, token steps)", "vineppo", "arithmetic", ["method.step_split=token", *ARITHMETIC]),
+         ("PPO-GAE (learned critic)", "ppo_gae", "arithmetic", ARITHMETIC)],
         [0, 1, 2],
     ),
     "methods": (

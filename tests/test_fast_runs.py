@@ -19,7 +19,7 @@ def test_method_fast_run(fast_cfg, method, tmp_path):
     summary = run(fast_cfg(method))
     m = summary["metrics"]
     assert m["steps"] == 4
-    metric = "reward_accuracy" if method_family(method) == "preference" else "accuracy"
+    metric = {"preference": "reward_accuracy", "multi_turn": "success_rate"}.get(method_family(method), "accuracy")
     assert 0.0 <= m[f"test/{metric}"] <= 1.0 and 0.0 <= m[f"test_before/{metric}"] <= 1.0
     assert (tmp_path / "run" / "summary.json").is_file()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["mlflow_run_id"] == summary["mlflow_run_id"]
