@@ -92,3 +92,26 @@ def test_control_run_resumes_with_its_replay_buffer(tmp_path):
     assert sizes == sorted(sizes) and sizes[-1] == 100 + steps - 1  # random warm-up + one step per update after the first
     assert len(client.get_metric_history(run_id, "val/normalized_score")) == steps // every
     assert len(client.get_metric_history(run_id, "test_before/normalized_score")) == 1
+
+
+def test_multi_turn_run_resumes_into_the_same_run(tmp_path):
+    """GiGPO on the gridworld, killed after a checkpoint: the resumed run logs every step once and evaluates the
+    SFT start only once."""
+    run_dir = tmp_path / "run"
+    steps = 60
+    overrides = ["method=gigpo", "task=gridworld", *FAST, f"trainer.max_steps={steps}", "method.val_check_interval=20",
+                 "method.group_size=2", "method.batch_size=2", "method.eval.batch_size=8",
+                 "method.base.max_steps=5", "method.base.val_check_interval=5", f"hydra.run.dir={run_dir}"]
+    env = cli_env(tmp_path)
+    _start_and_kill_after_first_checkpoint(overrides, run_dir, env, jitter=0.5)
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("workbench")
+    run_id = next(r.info.run_id for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("workbench.stage") == "main")
+    done = subprocess.run([python(), "-m", "workbench.train", f"resume={run_dir}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key in ("train/reward", "train/success_rate", "train/step_time"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(steps)), key
+    assert len(client.get_metric_history(run_id, "test_before/success_rate")) == 1
+    assert len(client.get_metric_history(run_id, "test/success_rate")) == 1
