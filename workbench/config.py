@@ -271,6 +271,16 @@ def _check_multi_turn(cfg: DictConfig) -> None:
     _choice(cfg, "method.episode_stats", ("steps", "trajectories"))
     _choice(cfg, "method.credit", ("gae", "macro"))
     _choice(cfg, "method.discount_at", ("token", "action"))
+    # a method's own fields, checked before the SFT warm start trains (each check lives with its method)
+    own = {"workbench.methods.multi_turn.archer.": "validate_archer",
+           "workbench.methods.multi_turn.dapo_step.": "validate_dapo_step",
+           "workbench.methods.multi_turn.vineppo.": "check_config"}
+    for prefix, name in own.items():
+        if str(m.get("module", "")).startswith(prefix):
+            import importlib
+
+            check = getattr(importlib.import_module(prefix.rstrip(".")), name)
+            check(m) if name == "check_config" else check(m, cfg.trainer)
     omega = m.get("omega")
     if omega is not None and (isinstance(omega, bool) or not isinstance(omega, (int, float))):
         raise ConfigError("method.omega", f"must be a number, got {omega!r}", "e.g. method.omega=1.0 (0 = multi-turn GRPO)")

@@ -190,7 +190,9 @@ class PolicyModule(StepTimes, L.LightningModule):
         elapsed = max(time.perf_counter() - self._step_started, 1e-9)
         self.log("train/step_time", elapsed, on_step=True, batch_size=1)
         self.log("train/tokens_per_s", getattr(self, "_step_tokens", 0) / elapsed, on_step=True, batch_size=1)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=1)
+        opts = self.optimizers()
+        opt = opts[0] if isinstance(opts, list) else opts  # with several optimizers, the policy's comes first
+        self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, batch_size=1)
 
     # ---- RNG state travels with checkpoints, so a resumed run samples like an uninterrupted one
     def on_save_checkpoint(self, checkpoint):
