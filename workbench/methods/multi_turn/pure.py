@@ -56,6 +56,9 @@ from collections import defaultdict
 import torch
 
 from workbench.errors import ConfigError
+from workbench.methods.group_rl.losses import kl_estimate
+from workbench.methods.multi_turn.module import MultiTurnModule
+from workbench.methods.multi_turn.rollout import Episodes
 
 CREDITS = ("min", "sum")
 BASELINES = ("token", "step")
@@ -174,91 +177,77 @@ def pure_advantages(process_rewards: torch.Tensor, step_mask: torch.Tensor, step
     return adv, loss_mask, parts
 
 
-# ---- the module (built on first access, so the functions above import without Lightning) ----------------
-def __getattr__(name: str):
-    if name == "PureModule":
-        globals()["PureModule"] = _pure_module()
-        return globals()["PureModule"]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ---- the module ---------------------------------------------------------------------------------------------
+class PureModule(MultiTurnModule):
+    """PURE on multi-turn episodes: steps are turns, the trajectory is the episode's action tokens end to end."""
 
+    def __init__(self, policy, task, method, trainer_cfg=None):
+        for field, value, choices in (("credit_form", method.get("credit_form"), CREDITS),
+                                      ("reward_baseline", method.get("reward_baseline"), BASELINES),
+                                      ("baseline_step_tokens", method.get("baseline_step_tokens"), STEP_TOKENS)):
+            if value not in choices:
+                raise ConfigError(f"method.{field}", f"must be one of {', '.join(choices)}, got {value!r}",
+                                  f"set method.{field}={choices[0]}")
+        t = method.get("min_form_temperature")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
+            raise ConfigError("method.min_form_temperature", f"must be a number > 0, got {t!r}",
+                              "set method.min_form_temperature=0.1 (official; smaller is closer to the min)")
+        g = method.get("group_size")
+        if isinstance(g, bool) or not isinstance(g, int) or g < 2:
+            raise ConfigError("method.group_size", f"must be an integer >= 2 (leave-one-out baseline), got {g!r}",
+                              "set method.group_size=4 (the official n_samples_per_prompt)")
+        super().__init__(policy, task, method, trainer_cfg)
 
-def _pure_module():
-    from workbench.methods.group_rl.losses import kl_estimate
-    from workbench.methods.multi_turn.module import MultiTurnModule
-    from workbench.methods.multi_turn.rollout import Episodes
+    def _steps(self, episodes: Episodes):
+        """Per-turn rows -> (E, K) step matrices: position of each row within its episode, and the step mask."""
+        turns = episodes.turns
+        E, N = len(episodes), len(turns)
+        counts = torch.bincount(turns.episode, minlength=E)
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(N) - starts[turns.episode]
+        K = int(counts.max())
+        mask = torch.zeros(E, K, dtype=torch.bool)
+        mask[turns.episode, pos] = True
 
-    class PureModule(MultiTurnModule):
-        """PURE on multi-turn episodes: steps are turns, the trajectory is the episode's action tokens end to end."""
-
-        def __init__(self, policy, task, method, trainer_cfg=None):
-            for field, value, choices in (("credit_form", method.get("credit_form"), CREDITS),
-                                          ("reward_baseline", method.get("reward_baseline"), BASELINES),
-                                          ("baseline_step_tokens", method.get("baseline_step_tokens"), STEP_TOKENS)):
-                if value not in choices:
-                    raise ConfigError(f"method.{field}", f"must be one of {', '.join(choices)}, got {value!r}",
-                                      f"set method.{field}={choices[0]}")
-            t = method.get("min_form_temperature")
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
-                raise ConfigError("method.min_form_temperature", f"must be a number > 0, got {t!r}",
-                                  "set method.min_form_temperature=0.1 (official; smaller is closer to the min)")
-            g = method.get("group_size")
-            if isinstance(g, bool) or not isinstance(g, int) or g < 2:
-                raise ConfigError("method.group_size", f"must be an integer >= 2 (leave-one-out baseline), got {g!r}",
-                                  "set method.group_size=4 (the official n_samples_per_prompt)")
-            super().__init__(policy, task, method, trainer_cfg)
-
-        def _steps(self, episodes: Episodes):
-            """Per-turn rows -> (E, K) step matrices: position of each row within its episode, and the step mask."""
-            turns = episodes.turns
-            E, N = len(episodes), len(turns)
-            counts = torch.bincount(turns.episode, minlength=E)
-            starts = torch.cumsum(counts, 0) - counts
-            pos = torch.arange(N) - starts[turns.episode]
-            K = int(counts.max())
-            mask = torch.zeros(E, K, dtype=torch.bool)
-            mask[turns.episode, pos] = True
-
-            def matrix(values: torch.Tensor) -> torch.Tensor:
-                out = torch.zeros(E, K, dtype=values.dtype)
-                out[turns.episode, pos] = values
-                return out
-
-            return matrix, mask
-
-        def advantages(self, episodes: Episodes) -> torch.Tensor:
-            cfg, turns = self.cfg, episodes.turns
-            r = turns.rollout
-            completion_mask = r.completion_mask.cpu()
-            matrix, step_mask = self._steps(episodes)
-            step_tokens = matrix(completion_mask.sum(-1).long())
-            # flat token order is (episode, turn, position): the column of each token in its episode's row
-            rows, cols = turns.token_view()
-            tok_episode = turns.episode[rows]
-            per_episode = torch.bincount(tok_episode, minlength=len(episodes))
-            column = torch.arange(len(rows)) - (torch.cumsum(per_episode, 0) - per_episode)[tok_episode]
-            token_kl, beta = None, 0.0
-            if cfg.get("kl_in_reward", False) and self.ref_logprobs is not None:
-                beta = float(cfg.beta)
-                kl = kl_estimate(self.old_logprobs.detach().cpu(), self.ref_logprobs.detach().cpu(),
-                                 cfg.get("kl_estimator", "k1"))
-                token_kl = torch.zeros(len(episodes), int(per_episode.max()))
-                token_kl[tok_episode, column] = kl[rows, cols].float()
-            adv, _, parts = pure_advantages(
-                matrix(turns.process_rewards.float()), step_mask, step_tokens, episodes.group,
-                temperature=float(cfg.min_form_temperature), credit=cfg.credit_form,
-                reward_baseline=cfg.reward_baseline, baseline_step_tokens=cfg.baseline_step_tokens,
-                verifiable=matrix(turns.rewards.float()) if cfg.verifiable_reward else None,
-                verifiable_coef=float(cfg.verifiable_reward_coef), token_kl=token_kl, beta=beta,
-                mask_step_end=bool(cfg.mask_step_end), normalize=bool(cfg.normalize_advantages),
-            )
-            out = torch.zeros(completion_mask.shape)
-            out[rows, cols] = adv[tok_episode, column]
-            self._extra_stats = {"pure_outcome": float(parts["outcome"].mean()),
-                                 "process_reward": float(turns.process_rewards.float().mean()),
-                                 "pure_baseline_abs": float(parts["baseline"].abs().sum(-1).mean())}
+        def matrix(values: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(E, K, dtype=values.dtype)
+            out[turns.episode, pos] = values
             return out
 
-        def log_step(self, episodes, advantages, mask, totals):
-            super().log_step(episodes, advantages, mask, {**totals, **getattr(self, "_extra_stats", {})})
+        return matrix, mask
 
-    return PureModule
+    def advantages(self, episodes: Episodes) -> torch.Tensor:
+        cfg, turns = self.cfg, episodes.turns
+        r = turns.rollout
+        completion_mask = r.completion_mask.cpu()
+        matrix, step_mask = self._steps(episodes)
+        step_tokens = matrix(completion_mask.sum(-1).long())
+        # flat token order is (episode, turn, position): the column of each token in its episode's row
+        rows, cols = turns.token_view()
+        tok_episode = turns.episode[rows]
+        per_episode = torch.bincount(tok_episode, minlength=len(episodes))
+        column = torch.arange(len(rows)) - (torch.cumsum(per_episode, 0) - per_episode)[tok_episode]
+        token_kl, beta = None, 0.0
+        if cfg.get("kl_in_reward", False) and self.ref_logprobs is not None:
+            beta = float(cfg.beta)
+            kl = kl_estimate(self.old_logprobs.detach().cpu(), self.ref_logprobs.detach().cpu(),
+                             cfg.get("kl_estimator", "k1"))
+            token_kl = torch.zeros(len(episodes), int(per_episode.max()))
+            token_kl[tok_episode, column] = kl[rows, cols].float()
+        adv, _, parts = pure_advantages(
+            matrix(turns.process_rewards.float()), step_mask, step_tokens, episodes.group,
+            temperature=float(cfg.min_form_temperature), credit=cfg.credit_form,
+            reward_baseline=cfg.reward_baseline, baseline_step_tokens=cfg.baseline_step_tokens,
+            verifiable=matrix(turns.rewards.float()) if cfg.verifiable_reward else None,
+            verifiable_coef=float(cfg.verifiable_reward_coef), token_kl=token_kl, beta=beta,
+            mask_step_end=bool(cfg.mask_step_end), normalize=bool(cfg.normalize_advantages),
+        )
+        out = torch.zeros(completion_mask.shape)
+        out[rows, cols] = adv[tok_episode, column]
+        self._extra_stats = {"pure_outcome": float(parts["outcome"].mean()),
+                             "process_reward": float(turns.process_rewards.float().mean()),
+                             "pure_baseline_abs": float(parts["baseline"].abs().sum(-1).mean())}
+        return out
+
+    def log_step(self, episodes, advantages, mask, totals):
+        super().log_step(episodes, advantages, mask, {**totals, **getattr(self, "_extra_stats", {})})
