@@ -41,13 +41,12 @@ STUDIES = {
         [0, 1, 2],
     ),
     "methods": (
-        "Every multi-turn method on its environment",
-        [("GiGPO", "gigpo", "gridworld", []), ("GRPO (multi-turn)", "grpo_multi_turn", "gridworld", []),
-         ("PPO-GAE", "ppo_gae", "gridworld", []), ("POAD", "poad", "gridworld", []),
+        "Every other multi-turn method on its environment (GiGPO / GRPO on the gridworld: multi_turn_gigpo_vs_grpo.md)",
+        [("PPO-GAE", "ppo_gae", "gridworld", []), ("POAD", "poad", "gridworld", []),
          ("MA-RLHF", "ma_rlhf", "gridworld", []), ("VinePPO", "vineppo", "gridworld", []),
-         ("ArCHer", "archer", "guess_number", []), ("PURE", "pure", "gridworld", []),
-         ("step-level DAPO", "dapo_step", "gridworld", []), ("GiGPO", "gigpo", "calculator", []),
-         ("GiGPO", "gigpo", "guess_number", [])],
+         ("PURE", "pure", "gridworld", []), ("step-level DAPO", "dapo_step", "gridworld", []),
+         ("ArCHer", "archer", "gridworld", []), ("ArCHer", "archer", "guess_number", []),
+         ("GiGPO", "gigpo", "guess_number", []), ("GiGPO", "gigpo", "calculator", [])],
         [0],
     ),
 }
