@@ -5,6 +5,7 @@
     python bench/multi_turn.py methods                       # every multi-turn method on its environment, seed 0
     python bench/multi_turn.py gigpo_vs_grpo --seeds 0 --workers 2 --overrides method.max_steps=50
     python bench/multi_turn.py gigpo_vs_grpo --db sqlite:///scratch/mlflow.db   # only aggregate finished runs
+    python bench/multi_turn.py methods --only ppo_gae poad --scratch /tmp/ppo  # a subset of a study's methods
 
 Each job is `python -m workbench.train method=<m> task=<t> seed=<s> [study overrides] [--overrides]`. The methods
 of one seed start from the same cached SFT base (same model, task and base config), so "before" is the same number
@@ -25,7 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # both arms on arithmetic: the default experiment's 600-step SFT base (the same cached base as method=grpo), the
 # same learning rate, 100 rollout steps (2 PPO epochs each: 200 optimizer steps)
-ARITHMETIC = ["method.base.max_steps=600", "method.lr=2e-4", "method.max_steps=200", "method.val_check_interval=50"]
+ARITHMETIC = ["method.base.max_steps=600", "method.lr=2e-4", "method.max_steps=200", "method.val_check_interval=50",
+              "method.batch_size=16"]
+LARGE = [*ARITHMETIC, "method.batch_size=64"]  # 4x the episodes per step (the later override wins)
 
 # study -> (title, [(label, method, task, overrides)], default seeds)
 STUDIES = {
@@ -40,6 +43,12 @@ STUDIES = {
          ("PPO-GAE (learned critic)", "ppo_gae", "arithmetic", ARITHMETIC)],
         [0, 1, 2],
     ),
+    "vineppo_vs_ppo_large": (
+        "VinePPO vs PPO-GAE on arithmetic, 4x larger batches (64 prompts x 2 samples per step)",
+        [("VinePPO (MC values, token steps)", "vineppo", "arithmetic", ["method.step_split=token", *LARGE]),
+         ("PPO-GAE (learned critic)", "ppo_gae", "arithmetic", LARGE)],
+        [0],
+    ),
     "methods": (
         "Every other multi-turn method on its environment (GiGPO / GRPO on the gridworld: multi_turn_gigpo_vs_grpo.md)",
         [("PPO-GAE", "ppo_gae", "gridworld", []), ("POAD", "poad", "gridworld", []),
@@ -52,8 +61,9 @@ STUDIES = {
 }
 
 
-def jobs_for(study: str, seeds: list[int], extra: list[str]) -> list[tuple[str, list[str]]]:
+def jobs_for(study: str, seeds: list[int], extra: list[str], only: list[str] | None = None) -> list[tuple[str, list[str]]]:
     _, arms, _ = STUDIES[study]
+    arms = [arm for arm in arms if not only or arm[1] in only]
     return [(f"{method}-{task}-s{seed}", [f"method={method}", f"task={task}", f"seed={seed}", "trainer.num_threads=1",
                                           *overrides, *extra])
             for seed in seeds for _, method, task, overrides in arms]
@@ -151,20 +161,21 @@ def main() -> None:
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every job")
     parser.add_argument("--workers", type=int, default=1, help="jobs at a time (each on one thread)")
     parser.add_argument("--scratch", type=Path, help="where runs and their MLflow store go (default: a temp dir)")
-    parser.add_argument("--db", help="only aggregate the finished runs of this tracking URI")
+    parser.add_argument("--db", nargs="+", help="only aggregate the finished runs of these tracking URIs")
+    parser.add_argument("--only", nargs="+", help="run only these methods of the study")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--notes", type=Path, help="a Markdown file appended to the report as its Notes section")
     args = parser.parse_args()
     out = args.out or ROOT / "reports" / f"multi_turn_{args.study}.md"
     if args.db:
-        uri = args.db
+        uris = args.db
     else:
         scratch = args.scratch or Path(tempfile.mkdtemp(prefix=f"multi_turn_{args.study}_"))
         scratch.mkdir(parents=True, exist_ok=True)
         seeds = args.seeds if args.seeds is not None else STUDIES[args.study][2]
-        uri = train_jobs(jobs_for(args.study, seeds, args.overrides), scratch, workers=args.workers)
+        uris = [train_jobs(jobs_for(args.study, seeds, args.overrides, args.only), scratch, workers=args.workers)]
     notes = args.notes.read_text() if args.notes else None
-    print(write_report(args.study, collect(uri), args.overrides, out, notes))
+    print(write_report(args.study, [row for uri in uris for row in collect(uri)], args.overrides, out, notes))
 
 
 if __name__ == "__main__":
