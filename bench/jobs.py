@@ -90,8 +90,13 @@ def write_report_with_profiles(lines: list[str], results: list[dict], out: Path,
         lines += ["", f"## torch.profiler, one step each, setting {setting} (top ops by self CPU time)", ""]
         for side, table in tables.items():
             lines += [f"### {side}", "", "```", table.rstrip(), "```", ""]
+    return write_report_lines(lines, out, notes)
+
+
+def write_report_lines(lines: list[str], out: Path, notes: str | None = None) -> str:
+    """Write a report's lines (and a Notes section from hand-written Markdown) to ``out``; return the text."""
     if notes:
-        lines += ["", "## Notes", "", notes.rstrip()]
+        lines = [*lines, "", "## Notes", "", notes.rstrip()]
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -20,7 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from jobs import finished_main_runs, loadavg, machine_info, train_jobs  # bench/jobs.py
+from jobs import finished_main_runs, loadavg, machine_info, train_jobs, write_report_lines  # bench/jobs.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,12 +120,7 @@ def write_report(study: str, rows: list[dict], extra: list[str], out: Path, note
     png = out.with_suffix(".png")
     if _plot(picked, labels, png):
         lines += ["", f"![validation success rate during training]({png.name})"]
-    if notes:
-        lines += ["", "## Notes", "", notes.rstrip()]
-    text = "\n".join(lines) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return text
+    return write_report_lines(lines, out, notes)
 
 
 def _plot(rows: list[dict], labels: dict, png: Path) -> bool:
