@@ -32,6 +32,3 @@ class GiGPOModule(MultiTurnModule):
         self._extra_stats = {"anchor_groups_per_row": len(keys) / max(1, len(turns)),
                              "step_advantage_abs": float(a_step.abs().mean())}
         return adv
-
-    def log_step(self, episodes, advantages, mask, totals):
-        super().log_step(episodes, advantages, mask, {**totals, **getattr(self, "_extra_stats", {})})

@@ -82,7 +82,8 @@ class MultiTurnModule(PolicyModule):
 
     # ---- the step --------------------------------------------------------------------------------------
     def advantages(self, episodes: Episodes) -> torch.Tensor:
-        """(N,) per turn row or (N, T) per token. Subclasses: GiGPO, PPO (critic), VinePPO, PURE."""
+        """(N,) per turn row or (N, T) per token. Subclasses: GiGPO, PPO (critic), VinePPO, PURE. Method-specific
+        statistics of the step go in ``self._extra_stats`` (logged as train/<name>)."""
         raise NotImplementedError
 
     def auxiliary_loss(self, episodes: Episodes, c: slice) -> tuple[torch.Tensor | None, dict]:
@@ -106,7 +107,9 @@ class MultiTurnModule(PolicyModule):
         mask = r.completion_mask.float()
         chunks = self._chunks(len(r))
         with self._timed("logprobs"), torch.no_grad():
-            self.old_logprobs = torch.cat([self._logprobs(self.model, r, c)[0] for c in chunks])
+            # with one update per rollout pi_old is the live policy: the loss reuses its detached log-probs
+            needs_old = cfg.inner_iterations > 1 or cfg.get("kl_in_reward", False)
+            self.old_logprobs = torch.cat([self._logprobs(self.model, r, c)[0] for c in chunks]) if needs_old else None
             self.ref_logprobs = None
             if self.reference is not None:
                 self.ref_logprobs = torch.cat([self.reference.logprobs(r.prompt_ids[c], r.prompt_mask[c], r.completion_ids[c],
@@ -124,7 +127,8 @@ class MultiTurnModule(PolicyModule):
                 for c in chunks:
                     logprobs, entropy = self._logprobs(self.model, r, c, with_entropy=True)
                     loss, stats = grpo_loss(
-                        logprobs, self.old_logprobs[c], advantages[c], mask[c],
+                        logprobs, logprobs.detach() if self.old_logprobs is None else self.old_logprobs[c],
+                        advantages[c], mask[c],
                         ref_logprobs=None if self.ref_logprobs is None else self.ref_logprobs[c], beta=in_loss_beta,
                         eps_low=cfg.clip_eps, eps_high=cfg.clip_eps, kl_kind=cfg.get("kl_estimator", "k3"),
                         agg=cfg.loss_agg, token_normalizer=normalizer if cfg.loss_agg == "token_mean" else None,
@@ -152,7 +156,8 @@ class MultiTurnModule(PolicyModule):
         adv_abs = (advantages.abs().mean() if advantages.dim() == 1
                    else (advantages.abs() * mask).sum() / mask.sum().clamp(min=1))
         log = {**episodes.stats(), "advantage_abs": float(adv_abs), "action_length": float(r.lengths.float().mean()),
-               "rows": float(len(r)), **totals, **{f"time_{k}": v for k, v in self._times.items()}}
+               "rows": float(len(r)), **totals, **getattr(self, "_extra_stats", {}),
+               **{f"time_{k}": v for k, v in self._times.items()}}
         E = len(episodes)
         self.log("train/reward", episodes.returns.mean(), prog_bar=True, on_step=True, batch_size=E)
         self.log_dict({f"train/{k}": float(v) for k, v in log.items()}, on_step=True, batch_size=E)

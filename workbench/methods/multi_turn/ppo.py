@@ -116,7 +116,7 @@ class PPOModule(MultiTurnModule):
             token_rewards = token_rewards - float(cfg.beta) * kl
         adv, self.value_targets = token_credit(turns, self.old_values, token_rewards, float(cfg.gamma), float(cfg.lam),
                                                cfg.credit, cfg.discount_at, cfg.get("macro_n"))
-        self._value_stats = {"value_mean": float((self.old_values * mask.cpu()).sum() / mask.sum().clamp(min=1))}
+        self._extra_stats = {"value_mean": float((self.old_values * mask.cpu()).sum() / mask.sum().clamp(min=1))}
         if cfg.whiten_advantages:
             adv = masked_whiten(adv, mask.cpu())
         return adv
@@ -146,6 +146,3 @@ class PPOModule(MultiTurnModule):
             target = macro_returns[first: first + len(v_macro)].to(values.device)
             loss = clipped_value_loss(v_macro, old_macro, target, clip).sum() / len(macro_returns)
         return float(cfg.vf_coef) * loss, {"value_loss": loss.detach()}
-
-    def log_step(self, episodes, advantages, mask, totals):
-        super().log_step(episodes, advantages, mask, {**totals, **getattr(self, "_value_stats", {})})

@@ -248,6 +248,3 @@ class PureModule(MultiTurnModule):
                              "process_reward": float(turns.process_rewards.float().mean()),
                              "pure_baseline_abs": float(parts["baseline"].abs().sum(-1).mean())}
         return out
-
-    def log_step(self, episodes, advantages, mask, totals):
-        super().log_step(episodes, advantages, mask, {**totals, **getattr(self, "_extra_stats", {})})

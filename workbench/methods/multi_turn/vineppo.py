@@ -226,6 +226,3 @@ class VineModule(MultiTurnModule):
                              "steps": float(len(steps)), "value_mean": float(mc.mean()) if len(mc) else 0.0,
                              "step_advantage_abs": float(step_adv.abs().mean())}
         return advantages
-
-    def log_step(self, episodes, advantages, mask, totals):
-        super().log_step(episodes, advantages, mask, {**totals, **getattr(self, "_extra_stats", {})})
