@@ -75,6 +75,7 @@ def test_one_forward_reads_the_same_q_and_v_as_separate_passes():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from workbench.methods.multi_turn.critic import ValueModel
+    from workbench.policy.sampler import left_pad
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -88,7 +89,10 @@ def test_one_forward_reads_the_same_q_and_v_as_separate_passes():
     with torch.no_grad():
         q, v = q_and_v(critic, context_ids, context_mask, action_ids, action_mask)
         v_alone = critic.state_values(context_ids, context_mask)[:, 2:]
-        q_alone = critic.state_action_values(context_ids, context_mask, action_ids, action_mask)[:, :2]
+        # Q alone: a forward over each row's (s, a) tokens as one left-padded sequence, read at its last token
+        joined = [torch.cat([c[cm > 0], a[am > 0]]).tolist()
+                  for c, cm, a, am in zip(context_ids, context_mask, action_ids, action_mask)]
+        q_alone = critic.state_values(*left_pad(joined, 0, "cpu"))[:, :2]
     assert torch.allclose(v, v_alone, atol=1e-5) and torch.allclose(q, q_alone, atol=1e-5)
     assert not torch.allclose(q, v)
 

@@ -31,7 +31,6 @@ token ids with transformers' generate on the live policy, whatever ``generation.
 from __future__ import annotations
 
 import copy
-import time
 
 import torch
 
@@ -80,14 +79,8 @@ def soft_update(target: torch.nn.Module, online: torch.nn.Module, tau: float) ->
 def q_and_v(critic: ValueModel, context_ids, context_mask, action_ids, action_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward over (s, a): Q(s, a) (B, 2) at the action's last token and V(s) (B, 2) at the context's last
     token (contexts are left-padded), where causal attention makes it the value of a forward over s alone."""
-    ids = torch.cat([context_ids, action_ids], 1)
-    mask = torch.cat([context_mask, action_mask], 1)
-    hidden = critic.hidden_states(ids, mask)
-    P = context_ids.shape[1]
-    last = P + action_mask.sum(-1).clamp(min=1) - 1
-    q = critic.head(hidden[torch.arange(len(ids), device=ids.device), last])[:, Q_HEADS]
-    v = critic.head(hidden[:, P - 1])[:, V_HEADS]
-    return q, v
+    at_state, at_action = critic.state_and_action_values(context_ids, context_mask, action_ids, action_mask)
+    return at_action[:, Q_HEADS], at_state[:, V_HEADS]
 
 
 def _count(m, key: str, minimum: int) -> int:
@@ -150,10 +143,6 @@ class ArcherModule(MultiTurnModule):
             self._counted = True
 
     # ---- pieces of an iteration ------------------------------------------------------------------------------
-    def _chunks(self, n: int) -> list[slice]:
-        mb = self.cfg.get("minibatch_size") or n
-        return [slice(i, min(i + mb, n)) for i in range(0, n, mb)]
-
     @torch.no_grad()
     def sample_actions(self, context_ids, context_mask) -> Rollout:
         """a_pi ~ pi(.|s) from the current policy at buffer contexts (the exact token ids it saw when playing)."""
@@ -256,13 +245,8 @@ class ArcherModule(MultiTurnModule):
         self.count_tokens(int(r.prompt_mask.sum() + r.completion_mask.sum()) + self._tokens)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        # the base reads self.optimizers().param_groups, which is a list here (policy, critic)
-        elapsed = max(time.perf_counter() - self._step_started, 1e-9)
-        policy_opt, critic_opt = self.optimizers()
-        self.log("train/step_time", elapsed, on_step=True, batch_size=1)
-        self.log("train/tokens_per_s", getattr(self, "_step_tokens", 0) / elapsed, on_step=True, batch_size=1)
-        self.log("train/lr", policy_opt.param_groups[0]["lr"], on_step=True, batch_size=1)
-        self.log("train/critic_lr", critic_opt.param_groups[0]["lr"], on_step=True, batch_size=1)
+        super().on_train_batch_end(outputs, batch, batch_idx)  # step time, tokens/s, the policy's lr
+        self.log("train/critic_lr", self.optimizers()[1].param_groups[0]["lr"], on_step=True, batch_size=1)
 
     # ---- the replay buffer travels with checkpoints, so a resumed run keeps its off-policy data -------------
     def on_save_checkpoint(self, checkpoint):

@@ -55,11 +55,12 @@ class ValueModel(nn.Module):
         values = self.head(self.hidden_states(prompt_ids, prompt_mask)[:, -1])
         return values.squeeze(-1) if values.shape[-1] == 1 else values
 
-    def state_action_values(self, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
-        """(B[, heads]) Q(s, a) read at the action's last token."""
+    def state_and_action_values(self, prompt_ids, prompt_mask, completion_ids, completion_mask):
+        """One forward over (s, a): (B, heads) read at the context's last token (= ``state_values``: causal
+        attention, left-padded contexts) and (B, heads) read at the action's last token."""
         ids = torch.cat([prompt_ids, completion_ids], 1)
         mask = torch.cat([prompt_mask, completion_mask], 1)
         hidden = self.hidden_states(ids, mask)
-        last = prompt_ids.shape[1] + completion_mask.sum(-1).clamp(min=1) - 1
-        values = self.head(hidden[torch.arange(len(ids), device=ids.device), last])
-        return values.squeeze(-1) if values.shape[-1] == 1 else values
+        P = prompt_ids.shape[1]
+        last = P + completion_mask.sum(-1).clamp(min=1) - 1
+        return self.head(hidden[:, P - 1]), self.head(hidden[torch.arange(len(ids), device=ids.device), last])
