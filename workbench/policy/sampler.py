@@ -68,16 +68,26 @@ def completion_mask_from_ids(ids: torch.Tensor, eos_id: int) -> tuple[torch.Tens
     return mask, truncated
 
 
-def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id prompts -> left-padded (ids, mask), the layout ``encode_prompts`` produces from text."""
+def _pad(sequences, pad_id: int, device, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(1, max(len(seq) for seq in sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, seq in enumerate(sequences):
-        if seq:
-            ids[i, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[i, width - len(seq) :] = 1
+        if len(seq):
+            cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+            ids[i, cols] = torch.as_tensor(seq, dtype=torch.long)
+            mask[i, cols] = 1
     return ids.to(device), mask.to(device)
+
+
+def left_pad(sequences, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id prompts (lists or 1-D tensors) -> left-padded (ids, mask), the layout ``encode_prompts`` makes."""
+    return _pad(sequences, pad_id, device, left=True)
+
+
+def right_pad(sequences, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id completions (lists or 1-D tensors) -> right-padded (ids, mask), the layout of ``Rollout``."""
+    return _pad(sequences, pad_id, device, left=False)
 
 
 @torch.no_grad()

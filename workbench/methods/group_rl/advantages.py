@@ -93,13 +93,17 @@ def _token_mask(mask: torch.Tensor | None, P: int, G: int) -> torch.Tensor | Non
     return mask.reshape(P, G, -1).float()
 
 
-def _masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """verl ``masked_whiten``: (x - mean) * rsqrt(var + eps), mean and unbiased var over the masked entries."""
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, unbiased: bool = True) -> torch.Tensor:
+    """verl ``masked_whiten``: (x - mean) * rsqrt(var + eps), mean and var over the masked entries (unbiased: with
+    Bessel's correction, as verl's masked_var(unbiased=True)). Every family whitens advantages through this."""
+    mask = mask.to(values.dtype)
     n = mask.sum()
+    if n == 0:
+        return torch.zeros_like(values)
     mean = (values * mask).sum() / n
     var = (((values - mean) ** 2) * mask).sum() / n
-    if n > 1:
-        var = var * n / (n - 1)  # Bessel's correction, as verl's masked_var(unbiased=True)
+    if unbiased and n > 1:
+        var = var * n / (n - 1)
     return (values - mean) * torch.rsqrt(var + eps)
 
 
@@ -108,9 +112,9 @@ def _whiten_over_tokens(per_seq: torch.Tensor, mask: torch.Tensor | None, eps: f
     P, G = per_seq.shape
     tok = _token_mask(mask, P, G)
     if tok is None:  # no token mask: every sequence counts once (equals token weighting only for equal lengths)
-        return _masked_whiten(per_seq, torch.ones_like(per_seq), eps)
+        return masked_whiten(per_seq, torch.ones_like(per_seq), eps)
     values = per_seq.unsqueeze(-1).expand_as(tok)
-    return _masked_whiten(values, tok, eps) * tok
+    return masked_whiten(values, tok, eps) * tok
 
 
 @register_advantage("reinforce_pp")

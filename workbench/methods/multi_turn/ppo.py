@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from workbench.methods.group_rl.advantages import masked_whiten as whiten
 from workbench.methods.multi_turn.credit import gae, macro_ids, segment_mean, token_discounts
 from workbench.methods.multi_turn.critic import ValueModel
 from workbench.methods.multi_turn.module import MultiTurnModule
@@ -33,10 +34,9 @@ CREDITS = ("gae", "macro")
 DISCOUNT_AT = ("token", "action")
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    mean = (values * mask).sum() / mask.sum().clamp(min=1)
-    var = (((values - mean) * mask) ** 2).sum() / mask.sum().clamp(min=1)
-    return (values - mean) * torch.rsqrt(var + eps) * mask
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Advantages whitened over the action tokens (biased variance), 0 elsewhere."""
+    return whiten(values, mask, unbiased=False) * mask
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,

@@ -56,6 +56,7 @@ from collections import defaultdict
 import torch
 
 from workbench.errors import ConfigError
+from workbench.methods.group_rl.advantages import masked_whiten
 from workbench.methods.group_rl.losses import kl_estimate
 from workbench.methods.multi_turn.module import MultiTurnModule
 from workbench.methods.multi_turn.rollout import Episodes
@@ -169,10 +170,7 @@ def pure_advantages(process_rewards: torch.Tensor, step_mask: torch.Tensor, step
     loss_mask = valid & ~is_end if mask_step_end else valid
     adv = returns.masked_fill(~loss_mask, 0.0)
     if normalize and loss_mask.any():
-        x = adv[loss_mask]
-        mean = x.mean()
-        var = ((x - mean) ** 2).mean()
-        adv = ((adv - mean) * var.clamp(min=1e-8).rsqrt()).masked_fill(~loss_mask, 0.0)
+        adv = masked_whiten(adv, loss_mask, unbiased=False).masked_fill(~loss_mask, 0.0)
     parts = {"transformed": transformed, "baseline": baseline, "outcome": transformed.sum(-1)}
     return adv, loss_mask, parts
 

@@ -17,18 +17,7 @@ from __future__ import annotations
 import torch
 
 from workbench.methods.multi_turn.rollout import Episodes
-from workbench.policy.sampler import left_pad
-
-
-def right_pad(sequences: list[torch.Tensor], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D token tensors -> right-padded (ids, mask)."""
-    width = max(1, max(len(s) for s in sequences))
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = seq
-        mask[i, : len(seq)] = 1
-    return ids.to(device), mask.to(device)
+from workbench.policy.sampler import left_pad, right_pad
 
 
 class TurnReplayBuffer:
@@ -90,8 +79,8 @@ class TurnReplayBuffer:
     def batch(self, index: torch.Tensor, pad_id: int, device) -> dict[str, torch.Tensor]:
         """The transitions at ``index`` as padded tensors on ``device``."""
         idx = index.tolist()
-        context_ids, context_mask = left_pad([self.context[i].tolist() for i in idx], pad_id, device)
-        next_ids, next_mask = left_pad([self.next_context[i].tolist() for i in idx], pad_id, device)
+        context_ids, context_mask = left_pad([self.context[i] for i in idx], pad_id, device)
+        next_ids, next_mask = left_pad([self.next_context[i] for i in idx], pad_id, device)
         action_ids, action_mask = right_pad([self.action[i] for i in idx], pad_id, device)
         return {
             "context_ids": context_ids, "context_mask": context_mask,

@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 
 from workbench.errors import ConfigError
+from workbench.methods.group_rl.advantages import masked_whiten as whiten
 from workbench.methods.multi_turn.credit import discounted_returns
 from workbench.methods.multi_turn.module import MultiTurnModule
 from workbench.methods.multi_turn.rollout import Episodes
@@ -119,12 +120,7 @@ def spread_to_tokens(step_advantages: torch.Tensor, steps: Steps, completion_mas
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) * rsqrt(var + eps) over the masked entries, unbiased variance (treetune ``masked_whiten`` with
     ``unbiased_variance=True``, as VinePPO's PPO trainer calls it); 0 off the mask."""
-    n = mask.sum()
-    if n < 2:
-        return values * mask
-    mean = (values * mask).sum() / n
-    var = (((values - mean) * mask) ** 2).sum() / (n - 1)
-    return (values - mean) * torch.rsqrt(var + eps) * mask
+    return whiten(values, mask, eps, unbiased=True) * mask
 
 
 def mc_state_values(states: list[TextEnv], prefixes: list[list[int]], keys: list, K: int, gamma: float,
