@@ -286,6 +286,24 @@ def _check_multi_turn(cfg: DictConfig) -> None:
         raise ConfigError("method.omega", f"must be a number, got {omega!r}", "e.g. method.omega=1.0 (0 = multi-turn GRPO)")
 
 
+def _check_self_correction(cfg: DictConfig) -> None:
+    """Self-correction methods play single-turn verifiable tasks through the two-attempt protocol."""
+    m = cfg.method
+    if m.get("family") != "self_correction":
+        return
+    if is_env_task(cfg) or cfg.task.get("pairs") or str(cfg.task.get("_target_", "")).startswith("workbench.tasks.hh_rlhf"):
+        raise ConfigError("task", f"'{cfg.task.name}' is not a single-turn task with a verifier, which method '{m.name}' "
+                          "plays twice (attempt, then correction)", "use task=arithmetic, countdown, gsm8k, svamp or math500")
+    from workbench.methods.self_correction.protocol import Protocol, WarmStart
+
+    Protocol.from_config(m.get("protocol"))
+    WarmStart.from_config((m.get("base") or {}).get("two_attempt"))
+    if str(m.get("module", "")).startswith("workbench.methods.self_correction.score."):
+        from workbench.methods.self_correction.score import validate_score
+
+        validate_score(m)
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first nonsense value and its fix."""
     m = cfg.method
@@ -334,6 +352,7 @@ def validate(cfg: DictConfig) -> None:
     _check_preference(cfg)
     _check_online_preference(cfg)
     _check_multi_turn(cfg)
+    _check_self_correction(cfg)
     _check_pass_k(cfg)
     _check_batch_fits(cfg, "method.batch_size", OmegaConf.select(cfg, "method.batch_size"))
     if m.get("init") == "sft":  # the SFT warm start trains first: its settings are checked now, not after it
@@ -375,6 +394,8 @@ def base_config(cfg: DictConfig) -> DictConfig:
     raw = OmegaConf.to_container(cfg, resolve=False)
     sft = OmegaConf.merge(OmegaConf.load(SFT_CONFIG), cfg.method.get("base") or {})
     sft.init = "scratch"
+    if cfg.method.get("protocol") is not None:  # self-correction: the warm start teaches this protocol's format
+        sft.protocol = cfg.method.protocol
     raw["method"] = OmegaConf.to_container(sft, resolve=False)
     raw["resume"] = None
     raw["run_name"] = f"sft_base-{cfg.task.name}-{cfg.model.name}-s{cfg.seed}"

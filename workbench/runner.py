@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from workbench.config import base_config, cache_key, flatten, has_weights, validate
 from workbench.errors import ConfigError, NonFiniteLossError
 from workbench.methods import method_class
+from workbench.methods.self_correction.protocol import for_method
 from workbench.policy import Policy, build_policy
 from workbench.summary import print_summary
 from workbench.tasks import Task, build_task
@@ -311,7 +312,7 @@ def run(cfg: DictConfig) -> dict:
     validate(cfg)
     configure_runtime(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    task = build_task(cfg.task)
+    task = for_method(build_task(cfg.task), cfg.method)
 
     if state is not None:
         logger = make_logger(cfg, run_id=state["mlflow_run_id"])
