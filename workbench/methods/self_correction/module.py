@@ -21,7 +21,7 @@ from workbench.methods.base import prompt_collate
 from workbench.methods.group_rl.module import GroupRLModule
 from workbench.methods.self_correction.metrics import self_correction_metrics
 from workbench.methods.self_correction.protocol import Protocol, SelfCorrectionTask
-from workbench.policy.sampler import Rollout
+from workbench.policy.sampler import Rollout, sample
 from workbench.tasks.base import normalize_number
 
 
@@ -80,13 +80,17 @@ class SelfCorrectionModule(GroupRLModule):
     def verify(self, texts: list[str], answers: list[str]) -> torch.Tensor:
         return torch.tensor([float(self.task.verify(t, a)) for t, a in zip(texts, answers)])
 
-    def sample_texts(self, conversations: list, n: int, temperature: float, max_new_tokens: int) -> Rollout:
+    @property
+    def attempt_model(self):
+        """The model that writes both attempts: the trained policy, or (Critique-RL) a frozen actor."""
+        return self.model
+
+    def sample_texts(self, conversations: list, n: int, temperature: float, max_new_tokens: int, model=None) -> Rollout:
+        model = self.attempt_model if model is None else model
         texts = self.formatted(conversations)
         if temperature <= 0:  # greedy: the sampler's greedy path (the generation backend samples)
-            from workbench.policy.sampler import sample
-
-            return sample(self.model, self.tokenizer, texts, n=n, max_new_tokens=max_new_tokens, temperature=0.0)
-        return self.generator(self.model, self.tokenizer, texts, n=n, max_new_tokens=max_new_tokens,
+            return sample(model, self.tokenizer, texts, n=n, max_new_tokens=max_new_tokens, temperature=0.0)
+        return self.generator(model, self.tokenizer, texts, n=n, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_p=self.cfg.top_p)
 
     def two_attempts(self, batch: dict, n: int, temperature: float, max_new_tokens: int | None = None) -> TwoAttempts:
