@@ -36,6 +36,8 @@ FAST_GRPO = ["method.group_size=2", *FAST_BASE]
 FAST_PREFERENCE = ["task=synthetic_preference", *FAST_BASE]
 # Multi-turn methods: 2 instances x 2 episodes per step; tasks default to the method's (gridworld unless given).
 FAST_MULTI_TURN = ["method.group_size=2", "method.batch_size=2", "method.eval.batch_size=8", *FAST_BASE]
+# Self-correction methods: 2 two-attempt samples per problem; stage I of SCoRe ends after step 2 of 4.
+FAST_SELF_CORRECTION = ["method.group_size=2", "method.eval.batch_size=8", *FAST_BASE]
 # Control methods (offline / hybrid RL on gymnasium tasks): small MLPs, a few updates, two evaluation episodes.
 FAST_CONTROL = [
     "method.hidden=[32,32]",
@@ -100,7 +102,8 @@ def fast_cfg(tmp_path):
             task = [] if any(o.startswith("task=") for o in extra or []) else [f"task={default_control_task(method)}"]
             overrides = [f"method={method}", *task, *FAST_CONTROL, *(extra or [])]
             return compose_cfg(overrides, tmp_path / run_dir, f"sqlite:///{tmp_path / 'mlflow.db'}")
-        by_family = {"group_rl": FAST_GRPO, "preference": FAST_PREFERENCE, "multi_turn": FAST_MULTI_TURN}.get(family, [])
+        by_family = {"group_rl": FAST_GRPO, "preference": FAST_PREFERENCE, "multi_turn": FAST_MULTI_TURN,
+                      "self_correction": FAST_SELF_CORRECTION}.get(family, [])
         overrides = [f"method={method}", *FAST, *by_family, *(extra or [])]
         return compose_cfg(overrides, tmp_path / run_dir, f"sqlite:///{tmp_path / 'mlflow.db'}")
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from workbench.methods.self_correction.protocol import for_method
 from conftest import CONF_DIR, FAST, FAST_CONTROL, compose_cfg, default_control_task, method_family
 from workbench.config import validate
 from workbench.methods import method_class
@@ -56,7 +57,7 @@ def test_config_composes_and_instantiates(group, option, tmp_path, local_model_d
     cfg = compose_cfg(overrides, tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}")
     OmegaConf.resolve(cfg)
     validate(cfg)
-    task = build_task(cfg.task)
+    task = for_method(build_task(cfg.task), cfg.method)  # what workbench.runner hands the method
     assert len(task.split("train")) > 0 and len(task.split("test")) > 0
     module_cls = method_class(cfg.method.module)
     if group == "trainer" and option == "gpu":

@@ -298,10 +298,15 @@ def _check_self_correction(cfg: DictConfig) -> None:
 
     Protocol.from_config(m.get("protocol"))
     WarmStart.from_config((m.get("base") or {}).get("two_attempt"))
-    if str(m.get("module", "")).startswith("workbench.methods.self_correction.score."):
-        from workbench.methods.self_correction.score import validate_score
+    own = {"workbench.methods.self_correction.score.": "validate_score",
+           "workbench.methods.self_correction.correction_sft.": "validate_correction_sft",
+           "workbench.methods.self_correction.critique_grpo.": "validate_critique_grpo",
+           "workbench.methods.self_correction.critique_rl.": "validate_critique_rl"}
+    for prefix, name in own.items():
+        if str(m.get("module", "")).startswith(prefix):
+            import importlib
 
-        validate_score(m)
+            getattr(importlib.import_module(prefix.rstrip(".")), name)(m)
 
 
 def validate(cfg: DictConfig) -> None:
