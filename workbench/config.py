@@ -354,6 +354,10 @@ def validate(cfg: DictConfig) -> None:
         from workbench.methods.group_rl.brpo import validate_brpo
 
         validate_brpo(m)
+    if str(m.get("module", "")).startswith("workbench.methods.group_rl.reverse_curriculum."):  # R3's own fields
+        from workbench.methods.group_rl.reverse_curriculum import validate_r3
+
+        validate_r3(m)
     _check_preference(cfg)
     _check_online_preference(cfg)
     _check_multi_turn(cfg)
