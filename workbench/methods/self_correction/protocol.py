@@ -14,8 +14,9 @@ conversations. Its train split is the warm-start corpus (a model built from scra
   * attempt-1 rows: x -> the reference solution;
   * attempt-2 rows: y1 is the reference corrupted with probability ``first_error_prob``. When the feedback says y1
     is correct, y2 keeps y1; otherwise y2 is an independent re-attempt: the reference, corrupted with probability
-    ``second_error_prob``. So the warm start's second attempt is no better informed than its first (Δ ≈ 0 with
-    no feedback): any self-correction is learned by the method on top, not copied from the data;
+    ``second_error_prob`` (default 0.2, about the warm start's own first-attempt error rate). So the warm
+    start's second attempt is no better informed than its first: any self-correction is learned by the method on
+    top, not copied from the data;
   * critique rows (feedback ``critique``): the verdict on y1, flipped with probability ``verdict_noise``, plus
     "too high" / "too low" for numeric answers. A noisy critic is what Critique-RL's first stage improves.
 """
@@ -112,7 +113,7 @@ def corrupt(solution: str, rng: random.Random) -> str:
 @dataclass(frozen=True)
 class WarmStart:
     first_error_prob: float = 0.5
-    second_error_prob: float = 0.5
+    second_error_prob: float = 0.2
     verdict_noise: float = 0.3
     seed: int = 0
 
