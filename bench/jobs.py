@@ -101,3 +101,58 @@ def write_report_lines(lines: list[str], out: Path, notes: str | None = None) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text
+
+
+# ---- seeded studies: arms x seeds of `workbench.train` jobs, then a report from their MLflow store ----------------
+def study_jobs(arms: list[tuple], seeds: list[int], extra: list[str], only: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """(name, overrides) per (arm, seed) of the arms ``(label, method, task, overrides)``, ``only`` filtering methods.
+
+    Arm-major order: the first method of every seed comes first, so with parallel workers each seed's SFT warm start
+    is trained once, before the other methods of that seed start (two jobs of one seed at once would both train it).
+    """
+    arms = [arm for arm in arms if not only or arm[1] in only]
+    return [(f"{method}-{task}-s{seed}", [f"method={method}", f"task={task}", f"seed={seed}", "trainer.num_threads=1",
+                                          *overrides, *extra])
+            for _, method, task, overrides in arms for seed in seeds]
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    import statistics
+
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def study_main(doc: str, studies: dict, report_prefix: str, collect, write_report) -> None:
+    """The command line of a study script: run the jobs of ``studies[study]`` (or only aggregate ``--db`` stores),
+    then ``write_report(study, rows, overrides, out, notes, ran_here)`` to reports/<report_prefix><study>.md."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=sorted(studies))
+    parser.add_argument("--seeds", type=int, nargs="+")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every job")
+    parser.add_argument("--workers", type=int, default=1, help="jobs at a time (each on one thread)")
+    parser.add_argument("--scratch", type=Path, help="where runs and their MLflow store go (default: a temp dir)")
+    parser.add_argument("--db", nargs="+", help="only aggregate the finished runs of these tracking URIs")
+    parser.add_argument("--only", nargs="+", help="run only these methods of the study")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--notes", type=Path, help="a Markdown file appended to the report as its Notes section")
+    args = parser.parse_args()
+    out = args.out or ROOT / "reports" / f"{report_prefix}{args.study}.md"
+    if args.db:
+        uris = args.db
+    else:
+        scratch = args.scratch or Path(tempfile.mkdtemp(prefix=f"{report_prefix}{args.study}_"))
+        scratch.mkdir(parents=True, exist_ok=True)
+        _, arms, default_seeds = studies[args.study]
+        seeds = args.seeds if args.seeds is not None else default_seeds
+        uris = [train_jobs(study_jobs(arms, seeds, args.overrides, args.only), scratch, workers=args.workers)]
+    notes = args.notes.read_text() if args.notes else None
+    print(write_report(args.study, [row for uri in uris for row in collect(uri)], args.overrides, out, notes,
+                       ran_here=not args.db))

@@ -15,12 +15,9 @@ test seeds (for arithmetic: exact-match accuracy, a one-turn episode).
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import tempfile
 from pathlib import Path
 
-from jobs import finished_main_runs, loadavg, machine_info, train_jobs, write_report_lines  # bench/jobs.py
+from jobs import finished_main_runs, loadavg, machine_info, mean_std, study_main, write_report_lines  # bench/jobs.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,14 +60,6 @@ STUDIES = {
 }
 
 
-def jobs_for(study: str, seeds: list[int], extra: list[str], only: list[str] | None = None) -> list[tuple[str, list[str]]]:
-    _, arms, _ = STUDIES[study]
-    arms = [arm for arm in arms if not only or arm[1] in only]
-    return [(f"{method}-{task}-s{seed}", [f"method={method}", f"task={task}", f"seed={seed}", "trainer.num_threads=1",
-                                          *overrides, *extra])
-            for seed in seeds for _, method, task, overrides in arms]
-
-
 def collect(uri: str) -> list[dict]:
     import mlflow
 
@@ -86,12 +75,6 @@ def collect(uri: str) -> list[dict]:
                      "after": m["test/success_rate"], "turns": m.get("test/turns"), "wall": m["run/wall_time_s"],
                      "steps": int(p["trainer.max_steps"]), "curve": [(x.step, x.value) for x in curve]})
     return rows
-
-
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def write_report(study: str, rows: list[dict], extra: list[str], out: Path, notes: str | None = None,
@@ -119,8 +102,8 @@ def write_report(study: str, rows: list[dict], extra: list[str], out: Path, note
         if not mine:
             continue
         changes = [r["after"] - r["before"] for r in mine]
-        lines.append(f"| {label} | {task} | {len(mine)} | {_mean_std([r['before'] for r in mine])} | "
-                     f"{_mean_std([r['after'] for r in mine])} | {_mean_std(changes)} | "
+        lines.append(f"| {label} | {task} | {len(mine)} | {mean_std([r['before'] for r in mine])} | "
+                     f"{mean_std([r['after'] for r in mine])} | {mean_std(changes)} | "
                      f"{sum(c > 0 for c in changes)} / {len(mine)} |")
     png = out.with_suffix(".png")
     if _plot(picked, labels, png):
@@ -155,28 +138,7 @@ def _plot(rows: list[dict], labels: dict, png: Path) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=sorted(STUDIES))
-    parser.add_argument("--seeds", type=int, nargs="+")
-    parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every job")
-    parser.add_argument("--workers", type=int, default=1, help="jobs at a time (each on one thread)")
-    parser.add_argument("--scratch", type=Path, help="where runs and their MLflow store go (default: a temp dir)")
-    parser.add_argument("--db", nargs="+", help="only aggregate the finished runs of these tracking URIs")
-    parser.add_argument("--only", nargs="+", help="run only these methods of the study")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--notes", type=Path, help="a Markdown file appended to the report as its Notes section")
-    args = parser.parse_args()
-    out = args.out or ROOT / "reports" / f"multi_turn_{args.study}.md"
-    if args.db:
-        uris = args.db
-    else:
-        scratch = args.scratch or Path(tempfile.mkdtemp(prefix=f"multi_turn_{args.study}_"))
-        scratch.mkdir(parents=True, exist_ok=True)
-        seeds = args.seeds if args.seeds is not None else STUDIES[args.study][2]
-        uris = [train_jobs(jobs_for(args.study, seeds, args.overrides, args.only), scratch, workers=args.workers)]
-    notes = args.notes.read_text() if args.notes else None
-    print(write_report(args.study, [row for uri in uris for row in collect(uri)], args.overrides, out, notes,
-                       ran_here=not args.db))
+    study_main(__doc__, STUDIES, "multi_turn_", collect, write_report)
 
 
 if __name__ == "__main__":

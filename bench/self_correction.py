@@ -14,12 +14,10 @@ greedy attempts on the task's held-out test problems, every number a fraction of
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import tempfile
 from pathlib import Path
 
-from jobs import finished_main_runs, loadavg, machine_info, train_jobs, write_report_lines  # bench/jobs.py
+from jobs import finished_main_runs, loadavg, machine_info, mean_std, study_main, write_report_lines  # bench/jobs.py
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("accuracy_t1", "accuracy_t2", "delta", "delta_i_to_c", "delta_c_to_i", "edit_frac")
@@ -57,16 +55,6 @@ STUDIES = {
 }
 
 
-def jobs_for(study: str, seeds: list[int], extra: list[str], only: list[str] | None = None) -> list[tuple[str, list[str]]]:
-    _, arms, _ = STUDIES[study]
-    arms = [arm for arm in arms if not only or arm[1] in only]
-    # the first method of every seed first: with parallel workers each seed's warm start is then trained once,
-    # before the other methods of that seed start (two jobs of one seed at once would both train it)
-    return [(f"{method}-{task}-s{seed}", [f"method={method}", f"task={task}", f"seed={seed}", "trainer.num_threads=1",
-                                          *overrides, *extra])
-            for _, method, task, overrides in arms for seed in seeds]
-
-
 def collect(uri: str) -> list[dict]:
     import mlflow
 
@@ -82,15 +70,6 @@ def collect(uri: str) -> list[dict]:
                      "wall": m["run/wall_time_s"], "steps": int(p["trainer.max_steps"]),
                      "curve": [(x.step, x.value) for x in curve]})
     return rows
-
-
-def _mean_std(values: list[float], scale: float = 1.0) -> str:
-    values = [v * scale for v in values if v is not None]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def write_report(study: str, rows: list[dict], extra: list[str], out: Path, notes: str | None = None,
@@ -120,13 +99,13 @@ def write_report(study: str, rows: list[dict], extra: list[str], out: Path, note
               "|---|---|---|---|---|---|---|---|---|"]
     if picked:
         warm = {r["seed"]: r["before"] for r in picked}
-        lines.append("| warm start (before) | " + " | ".join([str(len(warm))] + [_mean_std([w[k] for w in warm.values()]) for k in KEYS])
+        lines.append("| warm start (before) | " + " | ".join([str(len(warm))] + [mean_std([w[k] for w in warm.values()]) for k in KEYS])
                      + f" | {sum(w['delta'] > 0 for w in warm.values())} / {len(warm)} |")
     for (method, task), label in labels.items():
         mine = [r for r in picked if (r["method"], r["task"]) == (method, task)]
         if not mine:
             continue
-        lines.append(f"| {label} | {len(mine)} | " + " | ".join(_mean_std([r["after"][k] for r in mine]) for k in KEYS)
+        lines.append(f"| {label} | {len(mine)} | " + " | ".join(mean_std([r["after"][k] for r in mine]) for k in KEYS)
                      + f" | {sum(r['after']['delta'] > 0 for r in mine)} / {len(mine)} |")
     if study == "score":
         lines += ["", "The paper's MATH500 numbers (SCoRe Table 2; STaR / Pair-SFT data variants from Table 1), in % of",
@@ -179,28 +158,7 @@ def _plot(rows: list[dict], labels: dict, png: Path) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=sorted(STUDIES))
-    parser.add_argument("--seeds", type=int, nargs="+")
-    parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for every job")
-    parser.add_argument("--workers", type=int, default=1, help="jobs at a time (each on one thread)")
-    parser.add_argument("--scratch", type=Path, help="where runs and their MLflow store go (default: a temp dir)")
-    parser.add_argument("--db", nargs="+", help="only aggregate the finished runs of these tracking URIs")
-    parser.add_argument("--only", nargs="+", help="run only these methods of the study")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--notes", type=Path, help="a Markdown file appended to the report as its Notes section")
-    args = parser.parse_args()
-    out = args.out or ROOT / "reports" / f"self_correction_{args.study}.md"
-    if args.db:
-        uris = args.db
-    else:
-        scratch = args.scratch or Path(tempfile.mkdtemp(prefix=f"self_correction_{args.study}_"))
-        scratch.mkdir(parents=True, exist_ok=True)
-        seeds = args.seeds if args.seeds is not None else STUDIES[args.study][2]
-        uris = [train_jobs(jobs_for(args.study, seeds, args.overrides, args.only), scratch, workers=args.workers)]
-    notes = args.notes.read_text() if args.notes else None
-    print(write_report(args.study, [row for uri in uris for row in collect(uri)], args.overrides, out, notes,
-                       ran_here=not args.db))
+    study_main(__doc__, STUDIES, "self_correction_", collect, write_report)
 
 
 if __name__ == "__main__":

@@ -11,3 +11,11 @@ class ConfigError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+def require_whole(m, key: str, minimum: int, fix: str) -> int:
+    """``m[key]`` as a whole number >= ``minimum`` (bools refused), or a one-line ConfigError on ``method.<key>``."""
+    value = m.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"method.{key}", f"must be a whole number >= {minimum}, got {value!r}", fix)
+    return value

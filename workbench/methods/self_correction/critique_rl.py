@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, require_whole
 from workbench.methods.group_rl.advantages import ADVANTAGES
 from workbench.methods.self_correction.metrics import self_correction_metrics
 from workbench.methods.self_correction.module import SelfCorrectionModule, TwoAttempts
@@ -118,18 +118,12 @@ def validate_critique_rl(m) -> None:
     if m.get("refine_reward") not in REFINE_REWARDS:
         raise ConfigError("method.refine_reward", f"unknown '{m.get('refine_reward')}'",
                           f"use one of {list(REFINE_REWARDS)} (the official stage II uses r_refine)")
-    steps = m.get("stage1_steps")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ConfigError("method.stage1_steps", f"must be a whole number >= 0, got {steps!r}",
-                          "e.g. method.stage1_steps=40 (0 skips the discrimination-only stage)")
+    require_whole(m, "stage1_steps", 0, "e.g. method.stage1_steps=40 (0 skips the discrimination-only stage)")
     feedback = (m.get("protocol") or {}).get("feedback")
     if feedback != "critique":
         raise ConfigError("method.protocol.feedback", f"is '{feedback}', but Critique-RL trains a critic",
                           "set method.protocol.feedback=critique")
-    tokens = m.get("critique_max_new_tokens")
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-        raise ConfigError("method.critique_max_new_tokens", f"must be a whole number >= 1, got {tokens!r}",
-                          "e.g. method.critique_max_new_tokens=16")
+    require_whole(m, "critique_max_new_tokens", 1, "e.g. method.critique_max_new_tokens=16")
     for key in ("actor_temperature", "refine_temperature"):
         value = m.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

@@ -36,6 +36,15 @@ FEEDBACKS = ("none", "verdict", "critique")
 INTEGER = re.compile(r"\d+")
 
 
+def known_fields(cls, cfg, prefix: str) -> dict:
+    """A config block as a dict, refused (one line) when it has a key the dataclass ``cls`` does not."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]}", f"is not a field of {prefix}", f"use only {sorted(cls.__dataclass_fields__)}")
+    return cfg
+
+
 @dataclass(frozen=True)
 class Protocol:
     feedback: str = "none"
@@ -47,11 +56,7 @@ class Protocol:
 
     @classmethod
     def from_config(cls, cfg) -> "Protocol":
-        cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"method.protocol.{unknown[0]}", "is not a protocol field",
-                              f"use only {sorted(cls.__dataclass_fields__)}")
+        cfg = known_fields(cls, cfg, "method.protocol")
         protocol = cls(**{k: str(v) for k, v in cfg.items()})
         if protocol.feedback not in FEEDBACKS:
             raise ConfigError("method.protocol.feedback", f"unknown '{protocol.feedback}'", f"use one of {list(FEEDBACKS)}")
@@ -119,11 +124,7 @@ class WarmStart:
 
     @classmethod
     def from_config(cls, cfg) -> "WarmStart":
-        cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"method.base.two_attempt.{unknown[0]}", "is not a warm-start field",
-                              f"use only {sorted(cls.__dataclass_fields__)}")
+        cfg = known_fields(cls, cfg, "method.base.two_attempt")
         for key in ("first_error_prob", "second_error_prob", "verdict_noise"):
             value = cfg.get(key, getattr(cls, key))
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:

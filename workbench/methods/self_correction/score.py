@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, require_whole
 from workbench.methods.group_rl.advantages import ADVANTAGES
 from workbench.methods.self_correction.module import SelfCorrectionModule
 
@@ -52,10 +52,7 @@ def validate_score(m) -> None:
     if not isinstance(m.get("train_first_attempt", True), bool):
         raise ConfigError("method.train_first_attempt", f"must be true or false, got {m.get('train_first_attempt')!r}",
                           "false trains the second attempt only (the naive multi-turn RL baseline)")
-    steps = m.get("stage1_steps")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ConfigError("method.stage1_steps", f"must be a whole number >= 0, got {steps!r}",
-                          "e.g. method.stage1_steps=100 (0 skips stage I)")
+    require_whole(m, "stage1_steps", 0, "e.g. method.stage1_steps=60 (0 skips stage I)")
 
 
 class SCoReModule(SelfCorrectionModule):
