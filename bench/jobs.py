@@ -156,3 +156,15 @@ def study_main(doc: str, studies: dict, report_prefix: str, collect, write_repor
     notes = args.notes.read_text() if args.notes else None
     print(write_report(args.study, [row for uri in uris for row in collect(uri)], args.overrides, out, notes,
                        ran_here=not args.db))
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed (no plot then)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt

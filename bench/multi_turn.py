@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs import finished_main_runs, loadavg, machine_info, mean_std, study_main, write_report_lines  # bench/jobs.py
+from jobs import finished_main_runs, loadavg, machine_info, mean_std, pyplot, study_main, write_report_lines  # bench/jobs.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,12 +112,8 @@ def write_report(study: str, rows: list[dict], extra: list[str], out: Path, note
 
 
 def _plot(rows: list[dict], labels: dict, png: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
     colors = {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from jobs import finished_main_runs, loadavg, machine_info, mean_std, study_main, write_report_lines  # bench/jobs.py
+from jobs import finished_main_runs, loadavg, machine_info, mean_std, pyplot, study_main, write_report_lines  # bench/jobs.py
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("accuracy_t1", "accuracy_t2", "delta", "delta_i_to_c", "delta_c_to_i", "edit_frac")
@@ -120,12 +120,8 @@ def write_report(study: str, rows: list[dict], extra: list[str], out: Path, note
 
 
 def _plot(rows: list[dict], labels: dict, png: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     if not rows:
         return False
