@@ -168,3 +168,11 @@ def pyplot():
     except ImportError:
         return None
     return plt
+
+
+def save_figure(fig, png: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

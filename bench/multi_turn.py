@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs import finished_main_runs, loadavg, machine_info, mean_std, pyplot, study_main, write_report_lines  # bench/jobs.py
+from jobs import finished_main_runs, loadavg, machine_info, mean_std, pyplot, save_figure, study_main, write_report_lines  # bench/jobs.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,9 +127,7 @@ def _plot(rows: list[dict], labels: dict, png: Path) -> bool:
     ax.set_ylabel("validation success rate (greedy)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
     return True
 
 

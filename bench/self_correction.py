@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from jobs import finished_main_runs, loadavg, machine_info, mean_std, pyplot, study_main, write_report_lines  # bench/jobs.py
+from jobs import finished_main_runs, loadavg, machine_info, mean_std, pyplot, save_figure, study_main, write_report_lines  # bench/jobs.py
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("accuracy_t1", "accuracy_t2", "delta", "delta_i_to_c", "delta_c_to_i", "edit_frac")
@@ -147,9 +147,7 @@ def _plot(rows: list[dict], labels: dict, png: Path) -> bool:
     curves.legend(fontsize=8)
     for ax in (bars, curves):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
     return True
 
 
