@@ -241,7 +241,20 @@ def test_naive_baseline_trains_the_second_attempt_only(fast_cfg):
 @pytest.mark.parametrize("method", ["star_correction", "pair_sft"])
 def test_sft_baselines_run(fast_cfg, method):
     # a warm start that solves some single-digit sums, so there are fixes and correct samples to imitate
-    cfg = fast_cfg(method, ["method.group_size=4", "trainer.max_steps=2", "task.max_value=9", "task.train_size=60",
-                            "method.base.max_steps=60", "method.base.batch_size=32", "model.hidden_size=64"])
-    metrics = _metrics(cfg, run(cfg))
-    assert "test/delta" in metrics and "train/loss" in metrics
+    cfg = fast_cfg(method, ["method.group_size=8", "trainer.max_steps=3", "task.max_value=9", "task.train_size=60",
+                            "method.base.max_steps=200", "method.base.batch_size=32", "model.hidden_size=64"])
+    summary = run(cfg)
+    client = mlflow.MlflowClient(cfg.logger.tracking_uri)
+    examples = [m.value for m in client.get_metric_history(summary["mlflow_run_id"], "train/examples")]
+    assert summary["metrics"]["steps"] == 3 and sum(examples) > 0, examples
+    assert "test/delta" in _metrics(cfg, summary) and "train/loss" in _metrics(cfg, summary)
+
+
+def test_sft_baseline_rounds_without_examples_count_but_move_nothing(fast_cfg):
+    # a 3-step warm start answers nothing right: no fix to imitate, no correct sample to pair with
+    cfg = fast_cfg("pair_sft")
+    summary = run(cfg)
+    metrics = _metrics(cfg, summary)
+    assert summary["metrics"]["steps"] == 4 and metrics["train/examples"] == 0
+    for key in ("accuracy_t1", "accuracy_t2", "edit_frac"):  # same weights, same greedy answers
+        assert metrics[f"test/{key}"] == metrics[f"test_before/{key}"]

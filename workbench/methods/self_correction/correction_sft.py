@@ -105,15 +105,15 @@ class CorrectionSFTModule(SelfCorrectionModule):
         with self._timed("generation"):
             examples, stats = (self.star_examples if self.cfg.data == "star" else self.pair_examples)(batch)
         P = len(batch["prompt"])
-        if examples is None:  # nothing to imitate in this batch: no update (global_step does not move)
-            self._empty_batches = getattr(self, "_empty_batches", 0) + 1
-            if self._empty_batches >= 100:
-                raise RuntimeError(f"{self.cfg.name}: 100 batches in a row gave no example to train on "
-                                   "(no mistake fixed / no correct sample); raise method.group_size or method.temperature")
-            self.log_dict({f"train/{k}": float(v) for k, v in stats.items()}, on_step=True, batch_size=P)
-            return
-        self._empty_batches = 0
         opt, sched = self.optimizers(), self.lr_schedulers()
+        if examples is None:
+            # nothing to imitate this round: the step still counts (max_steps counts collection rounds) but moves no
+            # weight: no parameter has a gradient, so AdamW skips them all
+            opt.zero_grad(set_to_none=True)
+            opt.step()
+            sched.step()
+            self.log_dict({f"train/{k}": float(v) for k, v in {**stats, "examples": 0}.items()}, on_step=True, batch_size=P)
+            return
         with self._timed("update"):
             opt.zero_grad()
             total, n = 0.0, len(examples)
