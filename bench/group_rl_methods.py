@@ -18,16 +18,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jobs import finished_main_runs, train_jobs  # bench/jobs.py (scripts run as `python bench/<name>.py`)
+from jobs import finished_main_runs, train_jobs, write_report_lines  # bench/jobs.py (scripts run as `python bench/<name>.py`)
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP_RL = ["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "seed_grpo", "disco", "hapo",
-            "grpo_multi_objective", "brpo"]
+            "grpo_multi_objective", "brpo", "r3"]
 PAPERS = {
     "grpo": "Shao et al. 2024 (DeepSeekMath)", "dr_grpo": "Liu et al. 2025", "dapo": "Yu et al. 2025",
     "rloo": "Ahmadian et al. 2024", "reinforce_pp": "Hu et al. 2025", "gspo": "Zheng et al. 2025",
     "seed_grpo": "Chen et al. 2025", "disco": "Li et al. 2025", "hapo": "Huang, Zhang & Cardie 2025",
     "grpo_multi_objective": "normalize-then-sum (TRL)", "brpo": "Qi et al. 2025 (AnytimeReasoner)",
+    "r3": "Xi et al. 2024 (R³, reverse curriculum)",
 }
 
 
@@ -39,16 +40,18 @@ def run_all(methods: list[str], seeds: list[int], overrides: list[str], scratch:
 def collect(uri: str) -> list[dict]:
     rows = []
     for r in finished_main_runs(uri):
-        m = r.data.metrics
+        m, p = r.data.metrics, r.data.params
+        curriculum = p.get("method.curriculum")  # R3: which schedule
         rows.append({
-            "method": r.data.params["method.name"], "seed": int(r.data.params["seed"]),
+            "method": p["method.name"], "seed": int(p["seed"]),
+            "variant": None if curriculum is None else curriculum + (f", {p['method.num_stages']} stages" if curriculum == "staged" else ""),
             "before": m["test_before/accuracy"], "after": m["test/accuracy"], "wall": m["run/wall_time_s"],
             "steps": int(r.data.params["trainer.max_steps"]),
         })
     return rows
 
 
-def write_report(rows: list[dict], overrides: list[str], out: Path) -> str:
+def write_report(rows: list[dict], overrides: list[str], out: Path, notes: str | None = None) -> str:
     order = {m: i for i, m in enumerate(GROUP_RL)}
     rows = sorted(rows, key=lambda r: (order.get(r["method"], 99), r["seed"]))
     seeds = sorted({r["seed"] for r in rows})
@@ -64,7 +67,8 @@ def write_report(rows: list[dict], overrides: list[str], out: Path) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| `{r['method']}` | {PAPERS.get(r['method'], '')} | {r['seed']} | {r['steps']} | {r['before']:.3f} | "
+        variant = f" ({r['variant']})" if r.get("variant") else ""
+        lines.append(f"| `{r['method']}`{variant} | {PAPERS.get(r['method'], '')} | {r['seed']} | {r['steps']} | {r['before']:.3f} | "
                      f"{r['after']:.3f} | {r['after'] - r['before']:+.3f} | {r['wall']:.0f} |")
     if len(seeds) > 1:
         lines += ["", "| method | mean change ± std over seeds " + ", ".join(map(str, seeds)) + " | raised in |", "|---|---|---|"]
@@ -74,9 +78,7 @@ def write_report(rows: list[dict], overrides: list[str], out: Path) -> str:
             lines.append(f"| `{method}` | {statistics.mean(changes):+.3f}{spread} | {sum(c > 0 for c in changes)}/{len(changes)} |")
     raised = sum(r["after"] > r["before"] for r in rows)
     lines += ["", f"Held-out accuracy rose in {raised} of {len(rows)} runs."]
-    text = "\n".join(lines) + "\n"
-    out.write_text(text)
-    return text
+    return write_report_lines(lines, out, notes)
 
 
 def main() -> None:
@@ -87,6 +89,7 @@ def main() -> None:
     parser.add_argument("--db", help="aggregate the finished runs in this tracking URI instead of running")
     parser.add_argument("--scratch", type=Path, help="working folder (reuse one to add runs to an earlier invocation's table)")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "group_rl_methods.md")
+    parser.add_argument("--notes", type=Path, help="a Markdown file appended to the report as its Notes section")
     args = parser.parse_args()
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="workbench-grl-"))
     scratch.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,7 @@ def main() -> None:
     rows = collect(uri)
     if not rows:
         sys.exit(f"no finished runs in {uri}")
-    print(write_report(rows, args.overrides, args.out))
+    print(write_report(rows, args.overrides, args.out, args.notes.read_text() if args.notes else None))
 
 
 if __name__ == "__main__":

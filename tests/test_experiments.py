@@ -41,3 +41,22 @@ def test_dpo_hh_smollm2_runs_dpo_steps_on_the_real_model(tmp_path):
     # the policy starts as the reference: every implicit reward is 0 before training, so accuracy reads 0.5
     assert m["test_before/reward_accuracy"] == 0.5 and m["test_before/reward_margin"] == 0.0
     assert 0.0 <= m["test/reward_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_score_gsm8k_smollm2_runs_both_stages_on_the_real_model(tmp_path):
+    """experiment=score_gsm8k_smollm2: SCoRe's two attempts on GSM8K with SmolLM2-135M-Instruct (chat template, no
+    warm start): one step of stage I, one of stage II, SCoRe's metrics before and after."""
+    cfg = compose_cfg([
+        "experiment=score_gsm8k_smollm2", "method.max_steps=2", "method.stage1_steps=1", "method.val_check_interval=2",
+        "method.batch_size=1", "task.val_size=2", "task.test_size=2", "task.max_new_tokens=24", "method.eval.batch_size=2",
+        "trainer.progress_bar=false",
+    ], tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with open_dict(cfg):
+        cfg.task.train_size = 16
+    summary = run(cfg)
+    m = summary["metrics"]
+    assert summary["model"] == "smollm2_135m" and summary["method"] == "score" and m["steps"] == 2
+    for key in ("accuracy_t1", "accuracy_t2", "delta", "delta_i_to_c", "delta_c_to_i"):
+        assert f"test_before/{key}" in m and f"test/{key}" in m
+    assert m["test/delta"] == pytest.approx(m["test/delta_i_to_c"] - m["test/delta_c_to_i"])
