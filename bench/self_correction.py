@@ -86,7 +86,7 @@ def write_report(study: str, rows: list[dict], extra: list[str], out: Path, note
              "SCoRe's metrics on the task's held-out test problems, greedy attempts, each a fraction of all problems:",
              "Acc@t1 / Acc@t2 (first / second attempt correct), Δ = Acc@t2 − Acc@t1, i→c (fixed), c→i (broken), edit",
              "(second answer differs from the first). \"before\" is the warm start of that seed (the same model for every",
-             "method of the seed). Each job ran alone on one thread; wall time is the whole command.", "",
+             "method of the seed). Each job ran on one thread, `--workers` jobs at a time; wall time is the whole job.", "",
              "| method | seed | Acc@t1 before → after | Acc@t2 before → after | Δ before → after | i→c | c→i | edit | steps | wall (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in picked:
@@ -115,7 +115,7 @@ def write_report(study: str, rows: list[dict], extra: list[str], out: Path, note
         lines += [f"| {name} | {t1} | {t2} | {d:+.1f} | {ic} | {ci} |" for name, t1, t2, d, ic, ci in PAPER.values()]
     png = out.with_suffix(".png")
     if _plot(picked, labels, png):
-        lines += ["", f"![Δ(t1,t2) after training per method, and validation Δ during training]({png.name})"]
+        lines += ["", f"![Δ, fixed and broken shares per method after training (left), validation Δ during training (right)]({png.name})"]
     return write_report_lines(lines, out, notes)
 
 
@@ -127,19 +127,24 @@ def _plot(rows: list[dict], labels: dict, png: Path) -> bool:
         return False
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
     keys = [k for k in labels if any((r["method"], r["task"]) == k for r in rows)]
+    metrics = (("delta", "Δ(t1,t2)"), ("delta_i_to_c", "Δ i→c (fixed)"), ("delta_c_to_i", "Δ c→i (broken)"))
+    warm = list({r["seed"]: r["before"] for r in rows}.values())  # one warm start per seed
+    groups = [("warm start", warm)] + [(labels[k].split(" (")[0], [r["after"] for r in rows if (r["method"], r["task"]) == k])
+                                       for k in keys]
+    for i, (_, values) in enumerate(groups):
+        for j, (metric, name) in enumerate(metrics):
+            points = [v[metric] for v in values]
+            mean = statistics.mean(points)
+            bars.bar(i * 4 + j, mean, color=f"C{j}", label=name if i == 0 else None)
+            bars.scatter([i * 4 + j] * len(points), points, color="black", s=8, zorder=3)  # the seeds
     for i, key in enumerate(keys):
         mine = [r for r in rows if (r["method"], r["task"]) == key]
-        for j, metric in enumerate(("accuracy_t1", "accuracy_t2", "delta")):
-            values = [r["after"][metric] for r in mine]
-            mean = statistics.mean(values)
-            err = statistics.stdev(values) if len(values) > 1 else 0.0
-            bars.bar(i * 4 + j, mean, yerr=err, color=f"C{j}", label=["Acc@t1", "Acc@t2", "Δ(t1,t2)"][j] if i == 0 else None)
         for r in mine:
             curves.plot([s for s, _ in r["curve"]], [v for _, v in r["curve"]], color=f"C{i}", alpha=0.8, marker="o",
                         label=labels[key] if r["seed"] == min(x["seed"] for x in mine) else None)
-    bars.set_xticks([i * 4 + 1 for i in range(len(keys))], [labels[k].split(" (")[0] for k in keys], rotation=15)
+    bars.set_xticks([i * 4 + 1 for i in range(len(groups))], [name for name, _ in groups], rotation=15)
     bars.axhline(0, color="black", lw=0.8)
-    bars.set_ylabel("held-out test, after training (mean ± std over seeds)")
+    bars.set_ylabel("held-out test, share of problems (bars: mean; dots: seeds)")
     bars.legend()
     curves.axhline(0, color="black", lw=0.8)
     curves.set_xlabel("optimizer step")
