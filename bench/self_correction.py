@@ -85,8 +85,8 @@ def write_report(study: str, rows: list[dict], extra: list[str], out: Path, note
              + where,
              "SCoRe's metrics on the task's held-out test problems, greedy attempts, each a fraction of all problems:",
              "Acc@t1 / Acc@t2 (first / second attempt correct), Δ = Acc@t2 − Acc@t1, i→c (fixed), c→i (broken), edit",
-             "(second answer differs from the first). \"before\" is the warm start of that seed (the same model for every",
-             "method of the seed). Each job ran on one thread, `--workers` jobs at a time; wall time is the whole job.", "",
+             "(second answer differs from the first). \"before\" is the warm start of that seed (one model for every",
+             "method of the seed that shares its `base` and `protocol` blocks; a method with other feedback has its own). Each job ran on one thread, `--workers` jobs at a time; wall time is the whole job.", "",
              "| method | seed | Acc@t1 before → after | Acc@t2 before → after | Δ before → after | i→c | c→i | edit | steps | wall (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in picked:
@@ -98,9 +98,9 @@ def write_report(study: str, rows: list[dict], extra: list[str], out: Path, note
               "| method | seeds | Acc@t1 | Acc@t2 | Δ(t1,t2) | Δ i→c | Δ c→i | edit | seeds with Δ > 0 |",
               "|---|---|---|---|---|---|---|---|---|"]
     if picked:
-        warm = {r["seed"]: r["before"] for r in picked}
-        lines.append("| warm start (before) | " + " | ".join([str(len(warm))] + [mean_std([w[k] for w in warm.values()]) for k in KEYS])
-                     + f" | {sum(w['delta'] > 0 for w in warm.values())} / {len(warm)} |")
+        for name, warm in warm_starts(picked, labels):
+            lines.append(f"| {name} | " + " | ".join([str(len(warm))] + [mean_std([w[k] for w in warm]) for k in KEYS])
+                         + f" | {sum(w['delta'] > 0 for w in warm)} / {len(warm)} |")
     for (method, task), label in labels.items():
         mine = [r for r in picked if (r["method"], r["task"]) == (method, task)]
         if not mine:
@@ -119,6 +119,17 @@ def write_report(study: str, rows: list[dict], extra: list[str], out: Path, note
     return write_report_lines(lines, out, notes)
 
 
+def warm_starts(rows: list[dict], labels: dict) -> list[tuple[str, list[dict]]]:
+    """("warm start (before)", one "before" per seed) when every method of a seed started from the same model (same
+    numbers), else one such entry per method (methods with other feedback train their own warm start)."""
+    per_method = {}
+    for r in rows:
+        per_method.setdefault((r["method"], r["task"]), {})[r["seed"]] = r["before"]
+    if len({repr(sorted(v.items())) for v in per_method.values()}) <= 1:
+        return [("warm start (before)", list(next(iter(per_method.values())).values()))] if per_method else []
+    return [(f"warm start of {labels[key].split(' (')[0]} (before)", list(v.values())) for key, v in per_method.items()]
+
+
 def _plot(rows: list[dict], labels: dict, png: Path) -> bool:
     plt = pyplot()
     if plt is None:
@@ -128,8 +139,7 @@ def _plot(rows: list[dict], labels: dict, png: Path) -> bool:
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
     keys = [k for k in labels if any((r["method"], r["task"]) == k for r in rows)]
     metrics = (("delta", "Δ(t1,t2)"), ("delta_i_to_c", "Δ i→c (fixed)"), ("delta_c_to_i", "Δ c→i (broken)"))
-    warm = list({r["seed"]: r["before"] for r in rows}.values())  # one warm start per seed
-    groups = [("warm start", warm)] + [(labels[k].split(" (")[0], [r["after"] for r in rows if (r["method"], r["task"]) == k])
+    groups = [(name.replace(" (before)", ""), warm) for name, warm in warm_starts(rows, labels)] + [(labels[k].split(" (")[0], [r["after"] for r in rows if (r["method"], r["task"]) == k])
                                        for k in keys]
     for i, (_, values) in enumerate(groups):
         for j, (metric, name) in enumerate(metrics):
