@@ -40,7 +40,7 @@ SMALLER = ["task.max_value=49", "task.train_size=1500", "task.test_size=300"]
 STUDIES = {
     "score": (
         "SCoRe vs its baselines on arithmetic, sums up to 98 (intrinsic self-correction, no feedback)",
-        [("SCoRe (stage I 60 steps, alpha 10)", "score", "arithmetic", SMALLER),
+        [("SCoRe (alpha 10, stage I the first 2/5 of the steps)", "score", "arithmetic", SMALLER),
          ("naive multi-turn RL (r2 on attempt 2)", "multi_turn_rl", "arithmetic", SMALLER),
          ("STaR (D+: fixes + kept answers)", "star_correction", "arithmetic", SMALLER),
          ("Pair-SFT (D: base wrong -> right)", "pair_sft", "arithmetic", SMALLER)],
