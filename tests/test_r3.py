@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mlflow
 import pytest
+from omegaconf import open_dict
 import torch
 
 from workbench.errors import ConfigError
@@ -207,7 +208,14 @@ def test_validate_r3_names_the_field(fields, bad):
 
 
 def test_validate_r3_accepts_the_shipped_config(fast_cfg):
-    validate_r3(fast_cfg("r3").method)
+    method = fast_cfg("r3").method
+    validate_r3(method)  # would raise on any field it refuses
+    assert method.curriculum == "mix" and method.num_stages >= 1
+    with open_dict(method):
+        method.num_stages = 0  # the same config one step off is refused
+    with pytest.raises(ConfigError) as err:
+        validate_r3(method)
+    assert err.value.field == "method.num_stages"
 
 
 # ---- real runs -----------------------------------------------------------------------------------------

@@ -170,9 +170,12 @@ def test_validate_names_the_field(over, field):
     assert str(err.value).startswith(f"{field}:")
 
 
-def test_validate_accepts_the_defaults():
-    validate_critique_grpo(_method())
-    validate_critique_grpo(_method(critique_type="simple", group_size=8, n_refine=7))
+def test_validate_accepts_the_defaults_and_the_largest_refinement_share():
+    validate_critique_grpo(_method())  # would raise on any field it refuses
+    validate_critique_grpo(_method(critique_type="simple", group_size=8, n_refine=7))  # G - 1 refinements: allowed
+    with pytest.raises(ConfigError) as err:  # one more leaves no on-policy attempt in the group
+        validate_critique_grpo(_method(critique_type="simple", group_size=8, n_refine=8))
+    assert err.value.field == "method.n_refine"
 
 
 def test_short_run(fast_cfg):

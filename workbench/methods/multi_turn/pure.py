@@ -55,7 +55,7 @@ from collections import defaultdict
 
 import torch
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, require_whole
 from workbench.methods.group_rl.advantages import masked_whiten
 from workbench.methods.group_rl.losses import kl_estimate
 from workbench.methods.multi_turn.module import MultiTurnModule
@@ -190,10 +190,8 @@ class PureModule(MultiTurnModule):
         if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
             raise ConfigError("method.min_form_temperature", f"must be a number > 0, got {t!r}",
                               "set method.min_form_temperature=0.1 (official; smaller is closer to the min)")
-        g = method.get("group_size")
-        if isinstance(g, bool) or not isinstance(g, int) or g < 2:
-            raise ConfigError("method.group_size", f"must be an integer >= 2 (leave-one-out baseline), got {g!r}",
-                              "set method.group_size=4 (the official n_samples_per_prompt)")
+        require_whole(method, "group_size", 2, "set method.group_size=4 (the official n_samples_per_prompt; "
+                      "a leave-one-out baseline needs two)")
         super().__init__(policy, task, method, trainer_cfg)
 
     def _steps(self, episodes: Episodes):

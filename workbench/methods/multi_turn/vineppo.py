@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, require_whole
 from workbench.methods.group_rl.advantages import masked_whiten as whiten
 from workbench.methods.multi_turn.credit import discounted_returns
 from workbench.methods.multi_turn.module import MultiTurnModule
@@ -168,10 +168,7 @@ def check_config(cfg) -> None:
     if cfg.get("step_split", "turn") not in STEP_SPLITS:
         raise ConfigError("method.step_split", f"must be one of {STEP_SPLITS}, got {cfg.get('step_split')!r}",
                           "set method.step_split=turn (whole actions) or token (single-turn answers)")
-    k = cfg.get("mc_rollouts")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError("method.mc_rollouts", f"must be a positive integer, got {k!r}",
-                          "set method.mc_rollouts=9 (official) or fewer on CPU")
+    require_whole(cfg, "mc_rollouts", 1, "set method.mc_rollouts=9 (official) or fewer on CPU")
     gamma = cfg.get("gamma", 1.0)
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= float(gamma) <= 1.0:
         raise ConfigError("method.gamma", f"must be in [0, 1], got {gamma!r}", "set method.gamma=1.0")

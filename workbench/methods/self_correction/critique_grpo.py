@@ -168,16 +168,12 @@ class CritiqueGRPOModule(SelfCorrectionModule):
         super().__init__(policy, task, method, trainer_cfg)
 
     def critique_rollouts(self, batch: dict, n: int) -> TwoAttempts:
-        """n first attempts per problem, the rule critique of each and one refinement after it (sampled)."""
-        cfg = self.cfg
-        first = self.sample_texts(batch["prompt"], n, cfg.temperature, cfg.max_new_tokens)
-        fields = {key: [v for v in vals for _ in range(n)] for key, vals in batch.items()}
-        c1 = self.verify(first.texts, fields["answer"])
-        critiques = rule_critiques(self.protocol, c1, fields["answer"], cfg.critique_type)
-        seconds = [self.protocol.second(p, y1, c) for p, y1, c in zip(fields["prompt"], first.texts, critiques)]
-        second = self.sample_texts(seconds, 1, cfg.temperature, cfg.max_new_tokens)
-        c2 = self.verify(second.texts, fields["answer"])
-        return TwoAttempts(first, second, c1, c2, critiques, fields, n)
+        """n first attempts per problem, the rule critique of each and one refinement after it (sampled): the family's
+        two-attempt rollout with the rule critiques as feedback."""
+        def critiques(fields, firsts, correct):
+            return rule_critiques(self.protocol, correct, fields["answer"], self.cfg.critique_type)
+
+        return self.two_attempts(batch, n, self.cfg.temperature, feedback_fn=critiques)
 
     @staticmethod
     def combined_group(first: Rollout, second: Rollout, kept: torch.Tensor, pad_id: int) -> Rollout:

@@ -93,12 +93,18 @@ class SelfCorrectionModule(GroupRLModule):
         return self.generator(model, self.tokenizer, texts, n=n, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_p=self.cfg.top_p)
 
-    def two_attempts(self, batch: dict, n: int, temperature: float, max_new_tokens: int | None = None) -> TwoAttempts:
+    def two_attempts(self, batch: dict, n: int, temperature: float, max_new_tokens: int | None = None,
+                     feedback_fn=None) -> TwoAttempts:
+        """``feedback_fn(fields, first_texts, first_correct) -> texts`` replaces the protocol's feedback (Critique-GRPO's
+        rule critiques in training)."""
         budget = max_new_tokens or self.cfg.max_new_tokens
         first = self.sample_texts(batch["prompt"], n, temperature, budget)
         fields = {k: [v for v in vals for _ in range(n)] for k, vals in batch.items()}
         c1 = self.verify(first.texts, fields["answer"])
-        feedback = self.feedback_for(fields["prompt"], first.texts, c1, greedy=temperature <= 0)
+        if feedback_fn is not None:
+            feedback = feedback_fn(fields, first.texts, c1)
+        else:
+            feedback = self.feedback_for(fields["prompt"], first.texts, c1, greedy=temperature <= 0)
         seconds = [self.protocol.second(p, y1, f) for p, y1, f in zip(fields["prompt"], first.texts, feedback)]
         second = self.sample_texts(seconds, 1, temperature, budget)
         c2 = self.verify(second.texts, fields["answer"])
