@@ -407,6 +407,7 @@ def base_config(cfg: DictConfig) -> DictConfig:
         sft.protocol = cfg.method.protocol
     raw["method"] = OmegaConf.to_container(sft, resolve=False)
     raw["resume"] = None
+    raw.pop("optuna", None)  # a sweep trial's warm start is shared by every trial: no pruning, no trial tags
     raw["run_name"] = f"sft_base-{cfg.task.name}-{cfg.model.name}-s{cfg.seed}"
     base = OmegaConf.create(raw)
     # the warm start is bounded by method.base.*, never by the trainer overrides of the method on top

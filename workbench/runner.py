@@ -24,6 +24,7 @@ from workbench.methods import method_class
 from workbench.methods.self_correction.protocol import for_method
 from workbench.policy import Policy, build_policy
 from workbench.summary import print_summary
+from workbench.stores import ensure_experiment
 from workbench.tasks import Task, build_task
 from workbench.tracking import PendingMetricsInCheckpoint, RunLogger, git_commit
 
@@ -82,6 +83,17 @@ def sweep_tags() -> dict[str, str]:
     return {"sweep": hc.sweep.dir, "sweep.job": str(hc.job.num), "sweep.overrides": " ".join(hc.overrides.task)}
 
 
+def trial_tags(cfg: DictConfig) -> dict[str, str]:
+    """A sweep trial's seed run: tagged with its study and trial, and nested under the trial's own MLflow run."""
+    spec = cfg.get("optuna")
+    if not spec:
+        return {}
+    tags = {"optuna.study": str(spec.study), "optuna.trial": str(spec.trial)}
+    if spec.get("parent_run"):
+        tags["mlflow.parentRunId"] = str(spec.parent_run)
+    return tags
+
+
 def make_logger(cfg: DictConfig, run_id: str | None = None, extra_tags: dict | None = None) -> RunLogger:
     commit, dirty = git_commit()
     tags = {
@@ -93,8 +105,11 @@ def make_logger(cfg: DictConfig, run_id: str | None = None, extra_tags: dict | N
         "git.commit": commit,
         "git.dirty": str(dirty),
         **{k: str(v) for k, v in (cfg.logger.get("tags") or {}).items()},
+        **trial_tags(cfg),
         **(extra_tags or {}),
     }
+    if is_rank_zero():  # parallel jobs on a fresh tracking database would race to create its tables
+        ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name)
     return RunLogger(
         experiment_name=cfg.logger.experiment_name,
         run_name=cfg.run_name,
@@ -136,6 +151,10 @@ def build_trainer(cfg: DictConfig, logger: RunLogger, run_dir: Path, automatic_o
         save_on_train_epoch_end=False,  # i.e. right after each validation
     )
     callbacks = [checkpoints, PendingMetricsInCheckpoint(logger)]
+    if cfg.get("optuna"):  # a trial of an Optuna sweep: report validation metrics, stop when pruned
+        from workbench.sweep.trial import OptunaPruning
+
+        callbacks.append(OptunaPruning(cfg.optuna))
     if t.progress_bar:
         callbacks.append(StepProgressBar(leave=True))
     return L.Trainer(
@@ -182,6 +201,12 @@ def fit_stage(cfg: DictConfig, task: Task, policy: Policy | None, logger: RunLog
     results.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     results.update(trainer.test(module, verbose=False)[0])
     results["steps"] = trainer.global_step
+    pruned_at = next((c.pruned_at for c in trainer.callbacks if getattr(c, "pruned_at", None) is not None), None)
+    if pruned_at is not None:
+        from workbench.sweep.trial import PRUNED_METRIC
+
+        results[PRUNED_METRIC] = pruned_at
+        logger.set_tags({"optuna.pruned_at_step": str(pruned_at)})
     return results
 
 

@@ -22,19 +22,23 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> dict | None:
+    """Returns the run's final metrics: the Optuna sweeper reads its objective (``hydra.sweeper.metric``) there."""
+    in_trial = bool(cfg.get("optuna"))
     try:
         if not cfg.get("resume"):
             validate(cfg)
         summary = run(cfg)
     except ConfigError as e:
+        if in_trial:  # the sweeper marks this trial failed and goes on; an exit would end the whole study
+            raise
         print(f"workbench: error: {e}", file=sys.stderr)
         sys.exit(2)
-    metrics = summary["metrics"]
-    for key in ("test/accuracy", "test/success_rate", "test/normalized_score"):  # the objective Optuna maximizes
-        if key in metrics:
-            return metrics[key]
-    return None
+    except SystemExit as e:  # a NaN loss ends a run with a one-line exit message
+        if in_trial and e.code not in (0, None):
+            raise RuntimeError(str(e.code)) from None
+        raise
+    return summary["metrics"]
 
 
 if __name__ == "__main__":

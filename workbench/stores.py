@@ -1,0 +1,73 @@
+"""Opening the SQL databases behind MLflow and Optuna from several processes at once.
+
+Processes started together on a fresh database (parallel jobs, several sweepers) race to create its tables:
+on sqlite the loser leaves a half-migrated file behind (`table _alembic_tmp_experiments already exists`),
+so the first use of a sqlite file is serialised with a lock file beside it. A server database (PostgreSQL)
+migrates in transactions: there the loser's error goes away when it tries again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def sqlite_path(uri: str | None) -> Path | None:
+    for prefix in ("sqlite:///",):
+        if uri and uri.startswith(prefix) and uri != prefix + ":memory:":
+            return Path(uri[len(prefix):]).resolve()
+    return None
+
+
+@contextmanager
+def first_use_lock(uri: str | None) -> Iterator[None]:
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_store(uri: str | None, action: Callable[[], T], attempts: int = 5, wait_s: float = 1.0) -> T:
+    """``action()`` (which opens the database at ``uri``) under the first-use lock, tried again on failure."""
+    from workbench.errors import ConfigError
+
+    for attempt in range(attempts):
+        try:
+            with first_use_lock(uri):
+                return action()
+        except ConfigError:
+            raise
+        except Exception:  # noqa: BLE001 - the last attempt's error is raised as it is
+            if attempt == attempts - 1:
+                raise
+            time.sleep(wait_s * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of MLflow experiment ``name``, created if missing (by whichever process gets there first)."""
+    import mlflow
+
+    def get_or_create() -> str:
+        client = mlflow.MlflowClient(uri)
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name)
+        except mlflow.exceptions.MlflowException:  # created by a parallel process in between
+            return client.get_experiment_by_name(name).experiment_id
+
+    return open_store(uri, get_or_create)
