@@ -9,7 +9,10 @@ Contract of every ``ADVANTAGES`` entry::
 
 * ``mask``: (P*G, T) or (P, G, T) completion mask (1 on real tokens), for the token-level estimators;
 * ``cluster_ids``: (P, G) integer labels of semantically equal answers (SEED-GRPO);
-* the estimator's own parameters from the config (``eps``, ``scale``, ``alpha``, ...).
+* the estimator's own parameters from the config (``eps``, ``scale``, ``alpha``, ...);
+* ``batch_sum``: how batch statistics (``scale="batch"``, REINFORCE++ whitening) sum over the batch. Under DDP
+  the module passes ``distributed.global_sum`` so they are the global batch's, not each rank's share;
+  absent, the local sums. Group statistics need no such thing: a group never spans ranks.
 
 Unknown ``ctx`` keys are ignored, so a caller may pass one context to any estimator. Everything is computed
 under ``torch.no_grad`` semantics in practice (rewards carry no graph), and no estimator mutates its input.
@@ -29,17 +32,24 @@ ADVANTAGES = Registry("advantage estimator")
 register_advantage = ADVANTAGES.register
 
 
-def group_std_scale(rewards: torch.Tensor, centered: torch.Tensor, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+def group_std_scale(rewards: torch.Tensor, centered: torch.Tensor, scale: str = "group", eps: float = 1e-4,
+                    batch_sum=None) -> torch.Tensor:
     """Divide group-centred rewards by a std, as TRL 1.16's ``GRPOConfig.scale_rewards``.
 
     ``scale="group"``: per-prompt unbiased std of the rewards (DeepSeekMath GRPO, TRL default);
     ``scale="batch"``: one unbiased std over all P*G rewards (TRL ``"batch"``, the "Tricks or Traps" /
     REINFORCE++-style global scale); ``scale="none"``: no division (Dr. GRPO). ``eps`` is added to the std as
     TRL does (``advantages / (std + 1e-4)``). Source: ``trl/trainer/grpo_trainer.py``,
-    ``_generate_and_score_completions`` (TRL 1.16).
+    ``_generate_and_score_completions`` (TRL 1.16). ``batch_sum`` (see the module docstring) makes the "batch"
+    std the global batch's under DDP.
     """
     if scale == "group":
         std = rewards.std(dim=-1, keepdim=True) if rewards.shape[-1] > 1 else torch.zeros_like(rewards[..., :1])
+    elif scale == "batch" and batch_sum is not None:
+        n = batch_sum(rewards.new_tensor(float(rewards.numel())))
+        mean = batch_sum(rewards.sum()) / n
+        var = batch_sum(((rewards - mean) ** 2).sum()) / (n - 1).clamp(min=1)
+        std = var.sqrt() if n > 1 else torch.zeros((), dtype=rewards.dtype, device=rewards.device)
     elif scale == "batch":
         std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype, device=rewards.device)
     elif scale == "none":
@@ -50,7 +60,7 @@ def group_std_scale(rewards: torch.Tensor, centered: torch.Tensor, scale: str = 
 
 
 @register_advantage("grpo")
-def grpo_advantage(rewards: torch.Tensor, eps: float = 1e-4, scale: str = "group", **_) -> torch.Tensor:
+def grpo_advantage(rewards: torch.Tensor, eps: float = 1e-4, scale: str = "group", batch_sum=None, **_) -> torch.Tensor:
     """DeepSeekMath outcome supervision: A_i = (r_i - mean_group(r)) / (std(r) + eps).
 
     std is the unbiased sample std (as TRL and verl compute it); a group whose rewards are all equal gets zero
@@ -58,7 +68,7 @@ def grpo_advantage(rewards: torch.Tensor, eps: float = 1e-4, scale: str = "group
     "none"), see :func:`group_std_scale`; ``scale="none"`` is exactly ``dr_grpo``.
     """
     centered = rewards - rewards.mean(dim=-1, keepdim=True)
-    return group_std_scale(rewards, centered, scale, eps)
+    return group_std_scale(rewards, centered, scale, eps, batch_sum)
 
 
 @register_advantage("dr_grpo")
@@ -93,32 +103,36 @@ def _token_mask(mask: torch.Tensor | None, P: int, G: int) -> torch.Tensor | Non
     return mask.reshape(P, G, -1).float()
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, unbiased: bool = True) -> torch.Tensor:
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, unbiased: bool = True,
+                  batch_sum=None) -> torch.Tensor:
     """verl ``masked_whiten``: (x - mean) * rsqrt(var + eps), mean and var over the masked entries (unbiased: with
-    Bessel's correction, as verl's masked_var(unbiased=True)). Every family whitens advantages through this."""
+    Bessel's correction, as verl's masked_var(unbiased=True)). Every family whitens advantages through this.
+    ``batch_sum`` (e.g. distributed.global_sum) takes the three sums over more than this tensor: the global batch."""
+    total = batch_sum or (lambda x: x)
     mask = mask.to(values.dtype)
-    n = mask.sum()
+    n = total(mask.sum())
     if n == 0:
         return torch.zeros_like(values)
-    mean = (values * mask).sum() / n
-    var = (((values - mean) ** 2) * mask).sum() / n
+    mean = total((values * mask).sum()) / n
+    var = total((((values - mean) ** 2) * mask).sum()) / n
     if unbiased and n > 1:
         var = var * n / (n - 1)
     return (values - mean) * torch.rsqrt(var + eps)
 
 
-def _whiten_over_tokens(per_seq: torch.Tensor, mask: torch.Tensor | None, eps: float) -> torch.Tensor:
+def _whiten_over_tokens(per_seq: torch.Tensor, mask: torch.Tensor | None, eps: float, batch_sum=None) -> torch.Tensor:
     """Broadcast a (P, G) per-sequence value to its tokens and whiten over every valid token of the batch."""
     P, G = per_seq.shape
     tok = _token_mask(mask, P, G)
     if tok is None:  # no token mask: every sequence counts once (equals token weighting only for equal lengths)
-        return masked_whiten(per_seq, torch.ones_like(per_seq), eps)
+        return masked_whiten(per_seq, torch.ones_like(per_seq), eps, batch_sum=batch_sum)
     values = per_seq.unsqueeze(-1).expand_as(tok)
-    return masked_whiten(values, tok, eps) * tok
+    return masked_whiten(values, tok, eps, batch_sum=batch_sum) * tok
 
 
 @register_advantage("reinforce_pp")
-def reinforce_pp_advantage(rewards: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8, **_) -> torch.Tensor:
+def reinforce_pp_advantage(rewards: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8, batch_sum=None,
+                           **_) -> torch.Tensor:
     """REINFORCE++ (Hu et al. 2025), outcome reward only, gamma = 1.
 
     Token rewards are 0 except the outcome reward r_i at the last token, so with gamma = 1 the return is
@@ -132,12 +146,12 @@ def reinforce_pp_advantage(rewards: torch.Tensor, mask: torch.Tensor | None = No
     done here: the caller adds it to the reward (or uses the loss-side KL); with only an outcome reward and
     gamma = 1 the per-token returns are constant within a completion, as computed here.
     """
-    return _whiten_over_tokens(rewards.float(), mask, eps)
+    return _whiten_over_tokens(rewards.float(), mask, eps, batch_sum)
 
 
 @register_advantage("reinforce_pp_baseline")
 def reinforce_pp_baseline_advantage(
-    rewards: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8, **_
+    rewards: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8, batch_sum=None, **_
 ) -> torch.Tensor:
     """REINFORCE++-baseline: subtract the group mean of the outcome reward, then whiten over all valid tokens.
 
@@ -147,7 +161,7 @@ def reinforce_pp_baseline_advantage(
     """
     rewards = rewards.float()
     centered = rewards - rewards.mean(dim=-1, keepdim=True) if rewards.shape[-1] > 1 else rewards
-    return _whiten_over_tokens(centered, mask, eps)
+    return _whiten_over_tokens(centered, mask, eps, batch_sum)
 
 
 def semantic_entropy(cluster_ids: torch.Tensor, estimator: str = "entropy") -> torch.Tensor:
@@ -191,6 +205,7 @@ def seed_grpo_advantage(
     estimator: str = "entropy",
     scale: str = "none",
     eps: float = 1e-4,
+    batch_sum=None,
     **_,
 ) -> torch.Tensor:
     """SEED-GRPO (Chen et al. 2025, arXiv 2505.12346): A^_i = A_i * f(alpha * SE(q) / SE_max(q)).
@@ -216,7 +231,7 @@ def seed_grpo_advantage(
     if f not in _SEED_F:
         raise ValueError(f"unknown SEED-GRPO scaling '{f}' ({', '.join(_SEED_F)})")
     P, G = rewards.shape
-    base = group_std_scale(rewards, rewards - rewards.mean(dim=-1, keepdim=True), scale, eps)
+    base = group_std_scale(rewards, rewards - rewards.mean(dim=-1, keepdim=True), scale, eps, batch_sum)
     se = semantic_entropy(cluster_ids.reshape(P, G), estimator).to(base.device, base.dtype)
     se_max = math.log(G) if G > 1 else 1.0
     factor = _SEED_F[f](alpha * se / se_max, gamma)

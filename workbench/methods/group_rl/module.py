@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from workbench.methods.base import PolicyModule
+from workbench.methods.distributed import global_max, global_mean, global_sum, rank_share, world_size
 from workbench.methods.group_rl.advantages import ADVANTAGES
 from workbench.methods.group_rl.losses import POLICY_LOSSES, kl_estimate
 from workbench.methods.group_rl.rollouts import GroupBatch, collect_with_dynamic_sampling
@@ -122,11 +123,7 @@ class GroupRLModule(PolicyModule):
         if cfg.get("kl_in_reward", False) and ref is not None:
             # RLOO / REINFORCE++ style: r_i <- r_i - beta * sum_t KL_t, the KL then stays out of the loss
             rewards = rewards - cfg.beta * (kl_estimate(old, ref, "k1") * mask).sum(-1)
-        ctx = dict(cfg.get("advantage_params") or {})
-        if cfg.advantage == "seed_grpo":
-            ctx["cluster_ids"] = self._cluster_ids(data)
-        advantages = ADVANTAGES[cfg.advantage](rewards.view(-1, G), mask=mask, **ctx)
-        advantages = advantages.reshape(n, -1).squeeze(-1) if advantages.dim() == 2 else advantages.reshape(n, -1)
+        advantages = self._advantages(data, rewards, mask)
 
         loss_kwargs = self._loss_kwargs(cfg.max_new_tokens, loss_mask, beta=0.0 if cfg.get("kl_in_reward", False) else cfg.beta)
         opt, sched = self.optimizers(), self.lr_schedulers()
@@ -139,6 +136,18 @@ class GroupRLModule(PolicyModule):
                 self._optimizer_step(opt, sched)
             self.generator.sync(self.model)
         self._log_step(data, rewards, advantages, totals, mask)
+
+    def _advantages(self, data: GroupBatch, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) per sequence or (B, T) per token. Groups are whole on a rank (each rank samples G completions of
+        its own prompts), so only batch-wide statistics need the other ranks' rewards."""
+        cfg, n = self.cfg, len(data.rollout)
+        ctx = dict(cfg.get("advantage_params") or {})
+        if cfg.advantage == "seed_grpo":
+            ctx["cluster_ids"] = self._cluster_ids(data)
+        if world_size() > 1:  # one process keeps the estimators' own local reductions, bit for bit
+            ctx["batch_sum"] = global_sum
+        advantages = ADVANTAGES[cfg.advantage](rewards.view(-1, cfg.group_size), mask=mask, **ctx)
+        return advantages.reshape(n, -1).squeeze(-1) if advantages.dim() == 2 else advantages.reshape(n, -1)
 
     # ---- the update, shared with subclasses that train on several rollouts per step (BRPO) -----------
     def _rollout_logprobs(self, model, r: Rollout, c: slice, fn, with_entropy: bool = False):
@@ -158,7 +167,9 @@ class GroupRLModule(PolicyModule):
                       group_size=cfg.group_size)
         kwargs.update(cfg.get("loss_params") or {})  # e.g. DisCO's own beta (its KL constraint) replaces the KL coefficient
         if cfg.loss_agg == "token_mean":  # DAPO: one token count for the whole rollout, so minibatches add up to its loss
-            kwargs["token_normalizer"] = loss_mask.sum().clamp(min=1)
+            # under DDP the global batch's count (per rank: its share), else DDP's mean of per-rank token means
+            # would weight a rank of short completions more
+            kwargs["token_normalizer"] = rank_share(loss_mask.sum()).clamp(min=1)
         return kwargs
 
     def _backward_rollout(self, r: Rollout, chunks: list[slice], fn, advantages, loss_mask, mask, loss_kwargs: dict,
@@ -167,6 +178,8 @@ class GroupRLModule(PolicyModule):
         """Backpropagate ``scale`` x the rollout's policy loss chunk by chunk; add its stats (x ``share``) to ``totals``."""
         loss_fn = POLICY_LOSSES[self.cfg.get("policy_loss", "clipped")]
         n = len(r)
+        # per-sequence means divide by the global row count's share: ranks differ when dynamic sampling falls short
+        rows_share = rank_share(n)
         token_mean = "token_normalizer" in loss_kwargs
         for c in chunks:
             logprobs, entropy = self._rollout_logprobs(self.model, r, c, fn, with_entropy=True)
@@ -176,7 +189,7 @@ class GroupRLModule(PolicyModule):
             )
             self.check_finite(loss)
             rows = c.stop - c.start
-            weight = 1.0 if token_mean else rows / n  # per-chunk means -> the rollout mean
+            weight = 1.0 if token_mean else rows / rows_share  # per-chunk means -> the rollout mean
             if scale:
                 self.manual_backward(loss * weight * scale)
             stats["loss"] = loss.detach() * weight * n / rows
@@ -193,11 +206,17 @@ class GroupRLModule(PolicyModule):
     def _log_step(self, data: GroupBatch, rewards, advantages, totals, mask) -> None:
         r, G = data.rollout, data.group_size
         groups = rewards.view(-1, G)
+        if "loss" in totals:  # what was backpropagated is each rank's share: their mean is the global batch's loss
+            totals = {**totals, "loss": global_mean(totals["loss"])}
+        # prompts this rank sampled (dynamic sampling: with its extra rounds), summed and maxed over ranks,
+        # so a DDP run shows that each rank generated only its share of the global batch
+        sampled = float(data.stats.get("groups_sampled", data.num_groups))
         lengths = r.lengths.float()
         correct = data.correct.bool()
         log = dict(
             reward_std=groups.std(-1).mean(), accuracy=data.correct.mean(),
             frac_zero_std_groups=(groups.std(-1) == 0).float().mean(),
+            prompts_sampled=global_sum(sampled), prompts_sampled_rank_max=global_max(sampled),
             advantage_abs=advantages.abs().mean() if advantages.dim() == 1 else (advantages.abs() * mask).sum() / mask.sum().clamp(min=1),
             completion_length=lengths.mean(), truncated_frac=r.truncated.float().mean(),
             **{k: v for k, v in totals.items() if k != "kl" or self.reference is not None},

@@ -111,10 +111,11 @@ def cpl_loss(chosen: torch.Tensor, rejected: torch.Tensor, alpha: float, conserv
     return F.softplus(conservative_bias * alpha * rejected - alpha * chosen)
 
 
-def sft_term(chosen: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+def sft_term(chosen: torch.Tensor, chosen_tokens: torch.Tensor, total_tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Token-mean NLL of the chosen completions, spread over examples so that their batch mean equals
-    -sum log pi(y_w) / sum |y_w| (TRL's ``sft`` loss type; RPO's averaged variant, ORPO's NLL term)."""
-    total_tokens = chosen_tokens.sum().clamp(min=1)
+    -sum log pi(y_w) / sum |y_w| (TRL's ``sft`` loss type; RPO's averaged variant, ORPO's NLL term).
+    ``total_tokens`` replaces sum |y_w| (under DDP: the rank's share of the global count, distributed.rank_share)."""
+    total_tokens = (chosen_tokens.sum() if total_tokens is None else total_tokens).clamp(min=1)
     return -chosen * chosen_tokens.shape[0] / total_tokens
 
 
@@ -166,8 +167,8 @@ def _cpl(lp: PairLogps, cpl_alpha: float = 0.1, cpl_conservative_bias: float = 0
 
 
 @PAIR_LOSSES.register("sft")
-def _sft(lp: PairLogps, **_):
-    return sft_term(lp.chosen, lp.chosen_tokens)
+def _sft(lp: PairLogps, sft_tokens: torch.Tensor | None = None, **_):
+    return sft_term(lp.chosen, lp.chosen_tokens, sft_tokens)
 
 
 def combined_loss(lp: PairLogps, loss_types: list[str], weights: list[float], params: dict,
@@ -202,9 +203,12 @@ def implicit_rewards(lp: PairLogps, loss_types: list[str], beta: float) -> tuple
 
 
 # ---- KTO: unpaired desirable / undesirable examples ------------------------------------------------------
-def kto_kl_baseline(kl_logps: torch.Tensor, kl_ref_logps: torch.Tensor) -> torch.Tensor:
-    """z0 = max(0, mean over mismatched (x, y') of log pi(y'|x) - log pi_ref(y'|x)), without gradient."""
-    return (kl_logps - kl_ref_logps).mean().clamp(min=0).detach()
+def kto_kl_baseline(kl_logps: torch.Tensor, kl_ref_logps: torch.Tensor, reduce=None) -> torch.Tensor:
+    """z0 = max(0, mean over mismatched (x, y') of log pi(y'|x) - log pi_ref(y'|x)), without gradient.
+    ``reduce`` averages the mean over data-parallel ranks before the clamp (distributed.global_mean), as TRL
+    gathers the KL over processes, so every rank uses one z0."""
+    mean = (kl_logps - kl_ref_logps).mean()
+    return (mean if reduce is None else reduce(mean)).clamp(min=0).detach()
 
 
 def kto_loss(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, z0: torch.Tensor, beta: float = 0.1,

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from workbench.methods.base import PolicyModule, prompt_collate
+from workbench.methods.distributed import global_mean, rank_share
 from workbench.methods.preference.losses import (REFERENCE_FREE, PairLogps, combined_loss, implicit_rewards,
                                                   kto_kl_baseline, kto_loss)
 from workbench.policy.logprobs import Reference, token_logprobs
@@ -206,13 +207,18 @@ class PreferenceModule(PolicyModule):
         if self.loss_types == ["kto"]:
             loss, parts = self._kto_loss(batch, lp)
         else:
-            loss, parts = combined_loss(lp, self.loss_types, self.loss_weights, self.loss_params)
+            params = self.loss_params
+            if "sft" in self.loss_types:
+                # its token mean divides by the chosen tokens; under DDP those of the global batch (ranks differ)
+                params = {**params, "sft_tokens": rank_share(lp.chosen_tokens.sum())}
+            loss, parts = combined_loss(lp, self.loss_types, self.loss_weights, params)
         self.check_finite(loss)
         self._log_pairs("train", lp, len(lp.chosen), on_step=True)
-        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=len(lp.chosen))
+        # per-pair means over equal pairs per rank: their average over ranks is the global batch's loss
+        self.log("train/loss", global_mean(loss.detach()), on_step=True, prog_bar=True, batch_size=len(lp.chosen))
         if len(parts) > 1:
             for name, value in parts.items():
-                self.log(f"train/loss_{name}", value, on_step=True, batch_size=len(lp.chosen))
+                self.log(f"train/loss_{name}", global_mean(value), on_step=True, batch_size=len(lp.chosen))
         self.count_tokens(int(batch["prompt_mask"].sum() + batch["completion_mask"].sum()))
         return loss
 
@@ -228,7 +234,7 @@ class PreferenceModule(PolicyModule):
             kl_lp, _ = token_logprobs(self.model, *args)
             kl_ref = self.reference.logprobs(*args)
             mask = args[3].to(kl_lp.dtype)
-            z0 = kto_kl_baseline((kl_lp * mask).sum(-1), (kl_ref * mask).sum(-1))
+            z0 = kto_kl_baseline((kl_lp * mask).sum(-1), (kl_ref * mask).sum(-1), reduce=global_mean)
         losses = kto_loss(logps, ref, desirable, z0, p["beta"], p.get("desirable_weight", 1.0), p.get("undesirable_weight", 1.0))
         self.log("train/kto_z0", z0, on_step=True, batch_size=len(logps))
         return losses.mean(), {"kto": losses.mean().detach()}
