@@ -231,9 +231,9 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(fast_cfg, tmp_path, m
     real = sft.sft_loss
     calls = {"n": 0}
 
-    def flaky_loss(logprobs, mask):
+    def flaky_loss(logprobs, mask, tokens=None):
         calls["n"] += 1
-        loss = real(logprobs, mask)
+        loss = real(logprobs, mask, tokens)
         return loss * float("nan") if calls["n"] >= 4 else loss  # NaN from the 4th step on, graph kept
 
     monkeypatch.setattr(sft, "sft_loss", flaky_loss)

@@ -24,16 +24,8 @@ PID_LOGGING = [
 ]
 
 
-def prepare_store(uri: str) -> None:
-    # Parallel jobs start together; on a store nobody has used yet both would create the sqlite schema and the
-    # 'workbench' experiment at once, and one of them fails (alembic 'expected to match one row'). A store
-    # that has seen one run, as every store in use has, does not hit it.
-    mlflow.MlflowClient(uri).create_experiment("workbench")
-
-
 def run_sweep(tmp_path: Path, launcher: list[str], timeout: int = 300) -> tuple[int, Path]:
-    env = cli_env(tmp_path)
-    prepare_store(env["MLFLOW_TRACKING_URI"])
+    env = cli_env(tmp_path)  # a fresh tracking store: the parallel jobs' first use of it must not collide
     sweep = tmp_path / "multi"
     cmd = [python(), "-m", "workbench.train", "-m", *launcher, "method=sft", "seed=0,1", *FAST, *PID_LOGGING,
            f"hydra.sweep.dir={sweep}"]
