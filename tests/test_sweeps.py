@@ -4,8 +4,10 @@ whole sweeps through the CLI (failed, pruned, resumed and shared studies)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import mlflow
@@ -271,3 +273,37 @@ def test_two_sweeper_processes_share_one_study(tmp_path):
     # each asks while the study holds fewer than n_trials: 4, or 5 when both asked for the last one at once
     assert 4 <= len(trials) <= 5 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def test_a_killed_sweeper_resumes_and_retries_the_interrupted_trial(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ["method.lr=interval(1e-4, 1e-3)", "hydra.sweeper.n_trials=2", "trainer.max_steps=40",
+            "method.val_check_interval=20"]
+    cmd = [python(), "-m", "workbench.train", "-m", "hydra/sweeper=workbench_optuna", "method=sft", *FAST,
+           f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=toy", f"hydra.sweep.dir={tmp_path / 'a'}", *args]
+    sweeper = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    running = []
+    while time.time() < deadline and not running and sweeper.poll() is None:
+        time.sleep(0.2)
+        try:
+            running = optuna.load_study(study_name="toy", storage=storage).get_trials(states=(TrialState.RUNNING,))
+        except KeyError:  # the study does not exist yet
+            pass
+    assert running, "the sweeper never started a trial"
+    os.killpg(sweeper.pid, signal.SIGKILL)  # the sweeper and its in-process job die mid-trial, cleanup-free
+    sweeper.wait(timeout=30)
+    killed = running[0]
+
+    done = _sweep(tmp_path, *args, name="b")  # the same command again
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = optuna.load_study(study_name="toy", storage=storage).trials
+    first = trials[killed.number]
+    assert first.state == TrialState.FAIL and first.user_attrs["interrupted"] is True
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE and retried[0].params == killed.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2  # the budget counts the retry, not the kill
+    (run,) = [r for r in _runs(tmp_path) if r.data.tags.get("optuna.trial") == str(killed.number)
+              and r.data.tags.get("workbench.stage") == "trial"]
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state"] == "INTERRUPTED"

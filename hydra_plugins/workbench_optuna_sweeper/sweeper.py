@@ -113,11 +113,11 @@ class WorkbenchOptunaSweeper(Sweeper):
                            "seeds": seeds, "fixed_overrides": fixed, "space": {k: repr(d) for k, d in space.items()}}.items():
             if key not in study.user_attrs:  # the first sweeper of a study describes it; later ones join it
                 study.set_user_attr(key, value)
-        recover_interrupted(study)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         runs = TrialRuns(self.config.logger.tracking_uri, self.config.logger.experiment_name, study, self.metric)
+        runs.interrupted(recover_interrupted(study))
         log.info("Optuna study '%s' (%s, %s %s): %d of %d trials done; space %s", self.study_name, self.storage,
                  self.direction, self.metric, trials_used(study), self.n_trials, sorted(space))
         job_idx = 0
@@ -176,7 +176,4 @@ class WorkbenchOptunaSweeper(Sweeper):
             trial.set_user_attr("interrupted", True)
             study.tell(trial, state=TrialState.FAIL)
             study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
-            run_id = study._storage.get_trial(trial._trial_id).user_attrs.get("mlflow_run_id")
-            if run_id:
-                runs.client.set_tag(run_id, "optuna.state", "INTERRUPTED")
-                runs.client.set_terminated(run_id, "KILLED")
+            runs.interrupted([trial.number])

@@ -49,6 +49,14 @@ class TrialRuns:
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(run_id, "FAILED" if state == optuna.trial.TrialState.FAIL else "FINISHED")
 
+    def interrupted(self, trial_numbers: list[int]) -> None:
+        """The runs of trials whose sweeper died: KILLED, tagged INTERRUPTED (their params run again as new trials)."""
+        for t in self.study.get_trials(deepcopy=False):
+            run_id = t.user_attrs.get(RUN_ID_ATTR)
+            if t.number in trial_numbers and run_id:
+                self.client.set_tag(run_id, "optuna.state", "INTERRUPTED")
+                self.client.set_terminated(run_id, "KILLED")
+
     def mark_best(self) -> None:
         """Move ``optuna.best=true`` to the current best trial's run (the study remembers which run has it)."""
         best = best_trial(self.study)
