@@ -24,7 +24,8 @@ from workbench import ROOT
 from workbench.config import validate
 from workbench.errors import ConfigError
 from workbench.sweep.space import format_value, parse_search_space
-from workbench.sweep.study import absolute_storage, make_pruner, make_sampler, open_study, recover_interrupted, trials_used
+from workbench.sweep.study import (absolute_storage, make_pruner, make_sampler, open_study, recover_interrupted, sampler_for,
+                                  trials_used)
 from workbench.sweep.summary import main as summary_main
 
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
@@ -83,6 +84,26 @@ def test_samplers_and_pruners_by_name_and_bad_names_refused():
         make_sampler({"name": "cma"})
     with pytest.raises(ConfigError, match=r"^hydra.sweeper.pruner: median: "):
         make_pruner({"name": "median", "patience": 3})
+
+
+def test_a_resumed_seeded_sampler_does_not_redraw_the_first_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    space = {"x": FloatDistribution(0, 1)}
+    spec = {"name": "random", "seed": 0}
+
+    def draw(study, n):
+        study.sampler = sampler_for(study, spec)
+        xs = []
+        for _ in range(n):
+            t = study.ask(space)
+            study.tell(t, 0.0)
+            xs.append(t.params["x"])
+        return xs
+
+    first = draw(open_study("a", storage, "maximize"), 3)
+    assert draw(open_study("b", storage, "maximize"), 3) == first  # a fresh study: exactly the configured seed
+    resumed = draw(open_study("a", storage, "maximize"), 3)  # a new process joins study a
+    assert not set(resumed) & set(first)
 
 
 def test_open_study_keeps_its_direction(tmp_path):
@@ -162,6 +183,7 @@ def test_summary_writes_best_params_importance_and_history(tmp_path):
     storage = f"sqlite:///{tmp_path / 'o.db'}"
     study = open_study("toy", storage, "maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.set_user_attr("metric", "test/accuracy")
+    study.set_user_attr("monitor", "val/accuracy")
     study.set_user_attr("fixed_overrides", ["method=sft"])
     study.set_user_attr("space", {"x": "FloatDistribution(0, 1)", "y": "FloatDistribution(0, 1)"})
     space = {"x": FloatDistribution(0, 1), "y": FloatDistribution(0, 1)}
@@ -182,7 +204,9 @@ def test_summary_writes_best_params_importance_and_history(tmp_path):
     assert f"method.lr" not in text and f"x={best.params['x']!r}" in text  # the rerun command
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| `")}
     assert float(rows["`x`"].split("|")[2]) > float(rows["`y`"].split("|")[2])  # x explains the objective
-    assert "pruned after step 4" in text and "RuntimeError: boom" in text
+    assert "pruned at step 4 (val/accuracy = 0.1)" in text and "RuntimeError: boom" in text
+    pruned_row = next(line for line in text.splitlines() if line.startswith(f"| {pruned.number} | pruned |"))
+    assert pruned_row.split("|")[3].strip() == ""  # its reported value is not the objective
     assert (out / "toy_history.png").stat().st_size > 5000 and (out / "toy_importance.png").stat().st_size > 5000
 
 

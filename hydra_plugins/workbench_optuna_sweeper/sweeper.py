@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from workbench.errors import ConfigError
 from workbench.sweep.space import format_value, parse_search_space, trial_overrides
 from workbench.sweep.study import (absolute_storage, best_trial, make_pruner, make_sampler, open_study, recover_interrupted,
-                                  trials_used, worker_id)
+                                  sampler_for, trials_used, worker_id)
 from workbench.sweep.tracking import TrialRuns
 from workbench.sweep.trial import PRUNED_METRIC
 
@@ -106,7 +106,9 @@ class WorkbenchOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         space, fixed = parse_search_space(self.params, arguments)
         fixed = [o for o in fixed if not o.split("=", 1)[0].lstrip("+") == "seed"]  # seeds come from seeds_per_trial
-        study = open_study(self.study_name, self.storage, self.direction, make_sampler(self.sampler_spec), make_pruner(self.pruner_spec))
+        make_sampler(self.sampler_spec)  # a bad sampler spec fails before the study is touched
+        study = open_study(self.study_name, self.storage, self.direction, pruner=make_pruner(self.pruner_spec))
+        study.sampler = sampler_for(study, self.sampler_spec)
         base_seed = int(self.config.seed)
         seeds = [base_seed + i for i in range(self.seeds_per_trial)]
         for key, value in {"metric": self.metric, "monitor": self.monitor, "seeds_per_trial": self.seeds_per_trial,

@@ -54,6 +54,16 @@ def make_sampler(spec: Mapping[str, Any] | None) -> optuna.samplers.BaseSampler:
     return _build("sampler", SAMPLERS, spec, "tpe")
 
 
+def sampler_for(study: optuna.Study, spec: Mapping[str, Any] | None) -> optuna.samplers.BaseSampler:
+    """The sweep's sampler, its seed moved on by the trials the study already holds: a sampler keeps its random
+    state in the process, so a resumed study (or a later worker) seeded alike would draw the first trials'
+    parameters again. A fresh study gets exactly the configured seed."""
+    spec = dict(spec or {})
+    if spec.get("seed") is not None:
+        spec["seed"] = int(spec["seed"]) + len(study.get_trials(deepcopy=False))
+    return make_sampler(spec)
+
+
 def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
     return _build("pruner", PRUNERS, spec, "none")
 

@@ -149,12 +149,16 @@ def write_summary(study: optuna.Study, out: Path, storage: str) -> Path:
               "| trial | state | " + metric + " | " + " | ".join(f"`{k}`" for k in study.user_attrs.get("space", {})) + " | note |",
               "|---|---|---|" + "---|" * len(study.user_attrs.get("space", {})) + "---|"]
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ordered = sorted(trials, key=lambda t: (t.value is None, -(t.value or 0) if reverse else (t.value or 0), t.number))
+    complete = lambda t: t.state == TrialState.COMPLETE and t.value is not None
+    ordered = sorted(trials, key=lambda t: (not complete(t), -(t.value or 0) if reverse else (t.value or 0), t.number))
     for t in ordered:
+        monitor = study.user_attrs.get("monitor") or "reported value"
+        last = max(t.intermediate_values) if t.intermediate_values else None
         note = ("interrupted, queued again" if t.user_attrs.get("interrupted") else
-                f"pruned after step {max(t.intermediate_values)}" if t.state == TrialState.PRUNED and t.intermediate_values else
-                t.user_attrs.get("error", "")[:160])
-        value = _fmt(t.value) if t.value is not None and math.isfinite(t.value) else ""
+                f"pruned at step {last} ({monitor} = {_fmt(t.intermediate_values[last])})"
+                if t.state == TrialState.PRUNED and last is not None else t.user_attrs.get("error", "")[:160])
+        # Optuna stores a pruned trial's last reported value as its value: not the objective, so not in its column
+        value = _fmt(t.value) if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value) else ""
         params = " | ".join(_fmt(t.params.get(k, "")) for k in study.user_attrs.get("space", {}))
         lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | {params} | {note.replace('|', '/')} |")
     path = out / f"{study.study_name}.md"
