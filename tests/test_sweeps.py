@@ -283,6 +283,14 @@ def test_pruned_trial_stops_early_and_is_marked_pruned(tmp_path):
     assert parent.data.tags["optuna.state"] == "PRUNED"
 
 
+def test_a_trial_is_never_pruned_at_its_last_step(tmp_path):
+    done = _sweep(tmp_path, "method.lr=interval(1e-4, 1e-3)", "hydra.sweeper.n_trials=1", "trainer.max_steps=2",
+                  "hydra.sweeper.pruner.name=threshold", "+hydra.sweeper.pruner.lower=2.0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    trial = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[0]
+    assert trial.state == TrialState.COMPLETE and list(trial.intermediate_values) == [2]  # reported, not pruned
+
+
 def test_two_sweeper_processes_share_one_study(tmp_path):
     args = ["method.lr=interval(1e-4, 1e-3)", "hydra.sweeper.n_trials=4"]
     cmd = lambda name: [python(), "-m", "workbench.train", "-m", "hydra/sweeper=workbench_optuna", "method=sft", *FAST,

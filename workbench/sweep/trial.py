@@ -55,7 +55,8 @@ class OptunaPruning(Callback):
             elif math.isfinite(float(value)):
                 if self.report:
                     self.trial.report(float(value), step=trainer.global_step)
-                prune = self.trial.should_prune()
+                # at the last step there is nothing left to save, and pruning would throw away the finished run
+                prune = trainer.global_step < trainer.max_steps and self.trial.should_prune()
         # every rank stops together, or DDP waits forever on the rank that left
         prune = trainer.strategy.reduce_boolean_decision(prune, all=False)
         if prune:
