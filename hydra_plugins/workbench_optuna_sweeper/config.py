@@ -32,7 +32,7 @@ class WorkbenchOptunaSweeperConf:
     pruner: Dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     # key: choice(...) | range(start, stop, step) | interval(low, high) | tag(log, interval(low, high));
     # a sweep given on the command line (method.lr="interval(1e-4,1e-3)") joins these and wins on the same key
-    params: Dict[str, str] = field(default_factory=dict)
+    params: Optional[Dict[str, str]] = field(default_factory=dict)  # null: only the command line's sweeps
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="workbench_optuna", node=WorkbenchOptunaSweeperConf,
