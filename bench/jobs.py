@@ -66,6 +66,17 @@ def finished_main_runs(uri: str) -> list:
     return [r for r in runs if r.data.tags.get("workbench.stage") == "main" and r.info.status == "FINISHED"]
 
 
+def runs_with_curves(uri: str, required: str, curve: str):
+    """(metrics, params, [(step, value)] of ``curve``) of each finished main run that logged ``required``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    for r in finished_main_runs(uri):
+        if required in r.data.metrics:
+            history = sorted(client.get_metric_history(r.info.run_id, curve), key=lambda x: x.step)
+            yield r.data.metrics, r.data.params, [(x.step, x.value) for x in history]
+
+
 def machine_info() -> dict:
     import lightning
     import torch

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs import finished_main_runs, loadavg, machine_info, mean_std, pyplot, save_figure, study_main, write_report_lines  # bench/jobs.py
+from jobs import (loadavg, machine_info, mean_std, pyplot, runs_with_curves, save_figure, study_main,  # bench/jobs.py
+                  write_report_lines)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,20 +62,11 @@ STUDIES = {
 
 
 def collect(uri: str) -> list[dict]:
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    rows = []
-    for r in finished_main_runs(uri):
-        m, p = r.data.metrics, r.data.params
-        if "test/success_rate" not in m:
-            continue
-        curve = sorted(client.get_metric_history(r.info.run_id, "val/success_rate"), key=lambda x: x.step)
-        rows.append({"method": p["method.name"], "task": p["task.name"], "seed": int(p["seed"]),
-                     "step_split": p.get("method.step_split"), "before": m.get("test_before/success_rate"),
-                     "after": m["test/success_rate"], "turns": m.get("test/turns"), "wall": m["run/wall_time_s"],
-                     "steps": int(p["trainer.max_steps"]), "curve": [(x.step, x.value) for x in curve]})
-    return rows
+    return [{"method": p["method.name"], "task": p["task.name"], "seed": int(p["seed"]),
+             "step_split": p.get("method.step_split"), "before": m.get("test_before/success_rate"),
+             "after": m["test/success_rate"], "turns": m.get("test/turns"), "wall": m["run/wall_time_s"],
+             "steps": int(p["trainer.max_steps"]), "curve": curve}
+            for m, p, curve in runs_with_curves(uri, "test/success_rate", "val/success_rate")]
 
 
 def write_report(study: str, rows: list[dict], extra: list[str], out: Path, notes: str | None = None,

@@ -17,7 +17,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from jobs import finished_main_runs, loadavg, machine_info, mean_std, pyplot, save_figure, study_main, write_report_lines  # bench/jobs.py
+from jobs import (loadavg, machine_info, mean_std, pyplot, runs_with_curves, save_figure, study_main,  # bench/jobs.py
+                  write_report_lines)
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("accuracy_t1", "accuracy_t2", "delta", "delta_i_to_c", "delta_c_to_i", "edit_frac")
@@ -56,20 +57,10 @@ STUDIES = {
 
 
 def collect(uri: str) -> list[dict]:
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    rows = []
-    for r in finished_main_runs(uri):
-        m, p = r.data.metrics, r.data.params
-        if "test/accuracy_t2" not in m:
-            continue
-        curve = sorted(client.get_metric_history(r.info.run_id, "val/delta"), key=lambda x: x.step)
-        rows.append({"method": p["method.name"], "task": p["task.name"], "seed": int(p["seed"]),
-                     "before": {k: m.get(f"test_before/{k}") for k in KEYS}, "after": {k: m.get(f"test/{k}") for k in KEYS},
-                     "wall": m["run/wall_time_s"], "steps": int(p["trainer.max_steps"]),
-                     "curve": [(x.step, x.value) for x in curve]})
-    return rows
+    return [{"method": p["method.name"], "task": p["task.name"], "seed": int(p["seed"]),
+             "before": {k: m.get(f"test_before/{k}") for k in KEYS}, "after": {k: m.get(f"test/{k}") for k in KEYS},
+             "wall": m["run/wall_time_s"], "steps": int(p["trainer.max_steps"]), "curve": curve}
+            for m, p, curve in runs_with_curves(uri, "test/accuracy_t2", "val/delta")]
 
 
 def write_report(study: str, rows: list[dict], extra: list[str], out: Path, notes: str | None = None,
