@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import open_dict
 
 from conftest import compose_cfg
 from workbench.train import run
+
+SMOKE = ["method.max_steps=2", "method.val_check_interval=2", "method.batch_size=1", "task.val_size=2",
+         "task.test_size=2", "method.eval.batch_size=2", "trainer.progress_bar=false"]
+
+
+def smoke_run(tmp_path, experiment: str, overrides: list[str]) -> dict:
+    """The experiment bundle at smoke size: two steps, two held-out problems; its summary."""
+    return run(compose_cfg([f"experiment={experiment}", *SMOKE, *overrides], tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"))
 
 
 @pytest.mark.slow
 def test_grpo_gsm8k_smollm2_runs_grpo_steps_on_the_real_model(tmp_path):
     """experiment=grpo_gsm8k_smollm2: GRPO on GSM8K from SmolLM2-135M-Instruct's own weights (GGUF)."""
-    cfg = compose_cfg([
-        "experiment=grpo_gsm8k_smollm2", "method.max_steps=2", "method.val_check_interval=2", "method.batch_size=1",
-        "method.group_size=2", "task.val_size=2", "task.test_size=2", "task.max_new_tokens=24", "method.eval.batch_size=2",
-        "trainer.progress_bar=false",
-    ], tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with open_dict(cfg):
-        cfg.task.train_size = 16
-    summary = run(cfg)
+    summary = smoke_run(tmp_path, "grpo_gsm8k_smollm2", ["method.group_size=2", "task.max_new_tokens=24", "task.train_size=16"])
     m = summary["metrics"]
     assert summary["model"] == "smollm2_135m" and summary["task"] == "gsm8k" and summary["method"] == "grpo"
     assert m["steps"] == 2
@@ -30,11 +30,7 @@ def test_grpo_gsm8k_smollm2_runs_grpo_steps_on_the_real_model(tmp_path):
 @pytest.mark.slow
 def test_dpo_hh_smollm2_runs_dpo_steps_on_the_real_model(tmp_path):
     """experiment=dpo_hh_smollm2: DPO on HH-RLHF dialogues (chat template) from SmolLM2-135M-Instruct's own weights."""
-    cfg = compose_cfg([
-        "experiment=dpo_hh_smollm2", "method.max_steps=2", "method.val_check_interval=2", "method.batch_size=1",
-        "task.train_size=8", "task.val_size=2", "task.test_size=2", "method.eval.batch_size=2", "trainer.progress_bar=false",
-    ], tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    summary = run(cfg)
+    summary = smoke_run(tmp_path, "dpo_hh_smollm2", ["task.train_size=8"])
     m = summary["metrics"]
     assert summary["model"] == "smollm2_135m" and summary["task"] == "hh_rlhf" and summary["method"] == "dpo"
     assert m["steps"] == 2 and m["train/loss"] > 0
@@ -47,14 +43,8 @@ def test_dpo_hh_smollm2_runs_dpo_steps_on_the_real_model(tmp_path):
 def test_score_gsm8k_smollm2_runs_both_stages_on_the_real_model(tmp_path):
     """experiment=score_gsm8k_smollm2: SCoRe's two attempts on GSM8K with SmolLM2-135M-Instruct (chat template, no
     warm start): one step of stage I, one of stage II, SCoRe's metrics before and after."""
-    cfg = compose_cfg([
-        "experiment=score_gsm8k_smollm2", "method.max_steps=2", "method.stage1_steps=1", "method.val_check_interval=2",
-        "method.batch_size=1", "task.val_size=2", "task.test_size=2", "task.max_new_tokens=24", "method.eval.batch_size=2",
-        "trainer.progress_bar=false",
-    ], tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with open_dict(cfg):
-        cfg.task.train_size = 16
-    summary = run(cfg)
+    summary = smoke_run(tmp_path, "score_gsm8k_smollm2", ["method.stage1_steps=1", "task.max_new_tokens=24",
+                                                               "task.train_size=16"])
     m = summary["metrics"]
     assert summary["model"] == "smollm2_135m" and summary["method"] == "score" and m["steps"] == 2
     for key in ("accuracy_t1", "accuracy_t2", "delta", "delta_i_to_c", "delta_c_to_i"):
