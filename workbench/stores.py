@@ -17,10 +17,13 @@ from typing import Callable, Iterator, TypeVar
 T = TypeVar("T")
 
 
+SQLITE = "sqlite:///"
+
+
 def sqlite_path(uri: str | None) -> Path | None:
-    for prefix in ("sqlite:///",):
-        if uri and uri.startswith(prefix) and uri != prefix + ":memory:":
-            return Path(uri[len(prefix):]).resolve()
+    """The absolute path of a sqlite URL's file (relative ones resolved against the working directory)."""
+    if uri and uri.startswith(SQLITE) and uri != SQLITE + ":memory:":
+        return Path(uri[len(SQLITE):]).resolve()
     return None
 
 
@@ -41,13 +44,15 @@ def first_use_lock(uri: str | None) -> Iterator[None]:
 
 def open_store(uri: str | None, action: Callable[[], T], attempts: int = 5, wait_s: float = 1.0) -> T:
     """``action()`` (which opens the database at ``uri``) under the first-use lock, tried again on failure."""
+    from sqlalchemy.exc import ArgumentError
+
     from workbench.errors import ConfigError
 
     for attempt in range(attempts):
         try:
             with first_use_lock(uri):
                 return action()
-        except ConfigError:
+        except (ConfigError, ImportError, ArgumentError):  # a bad URL or a missing driver: trying again cannot help
             raise
         except Exception:  # noqa: BLE001 - the last attempt's error is raised as it is
             if attempt == attempts - 1:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from pathlib import Path
 from typing import Any, Mapping
 
 import optuna
 from optuna.trial import TrialState
 
 from workbench.errors import ConfigError
-from workbench.stores import open_store
+from workbench.stores import SQLITE, open_store, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +69,8 @@ def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
 
 def absolute_storage(storage: str | None) -> str | None:
     """A relative sqlite path made absolute: jobs of other launchers (submitit, joblib) may run elsewhere."""
-    prefix = "sqlite:///"
-    if storage and storage.startswith(prefix) and not storage.startswith(prefix + "/") and storage != prefix + ":memory:":
-        return prefix + str(Path(storage[len(prefix):]).resolve())
-    return storage
+    path = sqlite_path(storage)
+    return storage if path is None else SQLITE + str(path)
 
 
 def open_study(name: str, storage: str | None, direction: str, sampler=None, pruner=None) -> optuna.Study:
