@@ -26,6 +26,7 @@ from workbench.errors import ConfigError
 from workbench.sweep.space import format_value, parse_search_space
 from workbench.sweep.study import (absolute_storage, make_pruner, make_sampler, open_study, recover_interrupted, sampler_for,
                                   trials_used)
+from workbench.sweep import study as study_module
 from workbench.sweep.summary import main as summary_main
 
 SWEEPS = sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
@@ -145,6 +146,15 @@ def test_interrupted_trials_are_failed_and_queued_again(tmp_path):
     queued = [t for t in study.trials if t.state == TrialState.WAITING]
     assert [t.user_attrs["retry_of"] for t in queued] == [mine.number]  # ... and its params run again first
     assert study.ask(space).params == {"x": mine.params["x"]}
+
+
+def test_a_trial_whose_sweeper_died_before_stamping_it_is_recovered_after_a_grace_period(tmp_path, monkeypatch):
+    study = open_study("s", f"sqlite:///{tmp_path / 'o.db'}", "maximize")
+    unowned = study.ask({"x": FloatDistribution(0, 1)})  # killed between ask and the worker stamp
+    assert recover_interrupted(study) == []  # a live sweeper may be about to stamp it
+    monkeypatch.setattr(study_module, "UNOWNED_GRACE_S", 0.0)
+    assert recover_interrupted(study) == [unowned.number]
+    assert study.trials[unowned.number].state == TrialState.FAIL
 
 
 # ---- the definitions in sweeps/ ----------------------------------------------------------------------------
@@ -318,7 +328,8 @@ def test_a_killed_sweeper_resumes_and_retries_the_interrupted_trial(tmp_path):
     while time.time() < deadline and not running and sweeper.poll() is None:
         time.sleep(0.2)
         try:
-            running = optuna.load_study(study_name="toy", storage=storage).get_trials(states=(TrialState.RUNNING,))
+            running = [t for t in optuna.load_study(study_name="toy", storage=storage).get_trials(states=(TrialState.RUNNING,))
+                       if "mlflow_run_id" in t.user_attrs]  # owned and tracked: its job is under way
         except KeyError:  # the study does not exist yet
             pass
     assert running, "the sweeper never started a trial"

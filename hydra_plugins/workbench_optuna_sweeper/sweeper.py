@@ -21,8 +21,8 @@ from optuna.trial import TrialState
 
 from workbench.errors import ConfigError
 from workbench.sweep.space import format_value, parse_search_space, trial_overrides
-from workbench.sweep.study import (absolute_storage, best_trial, make_pruner, make_sampler, open_study, recover_interrupted,
-                                  sampler_for, trials_used, worker_id)
+from workbench.sweep.study import (absolute_storage, ask_owned, best_trial, make_pruner, make_sampler, open_study, recover_interrupted,
+                                  sampler_for, trials_used)
 from workbench.sweep.tracking import TrialRuns
 from workbench.sweep.trial import PRUNED_METRIC
 
@@ -124,7 +124,7 @@ class WorkbenchOptunaSweeper(Sweeper):
                  self.direction, self.metric, trials_used(study), self.n_trials, sorted(space))
         job_idx = 0
         while (remaining := self.n_trials - trials_used(study)) > 0:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
+            trials = [ask_owned(study, space) for _ in range(min(self.n_jobs, remaining))]
             try:
                 job_idx = self._round(study, runs, trials, fixed, seeds, str(sweep_dir), job_idx)
             except BaseException:
@@ -143,7 +143,6 @@ class WorkbenchOptunaSweeper(Sweeper):
         returns: dict[int, list[JobReturn | str]] = {t.number: [] for t in trials}
         run_ids: dict[int, str] = {}
         for trial in trials:
-            trial.set_user_attr("worker", worker_id())
             run_id = run_ids[trial.number] = runs.start(trial, sweep_dir, {"optuna.seeds": ",".join(map(str, seeds))})
             for i, seed in enumerate(seeds):
                 overrides = self._job_overrides(fixed, trial, run_id, seed, first=i == 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from datetime import datetime
 from typing import Any, Mapping
 
 import optuna
@@ -108,12 +109,34 @@ def _process_gone(worker: str) -> bool:
     return False
 
 
+# A sweeper stamps its worker id right after asking; a RUNNING trial still unstamped after this long lost its
+# sweeper between the two calls.
+UNOWNED_GRACE_S = 60.0
+
+
+def ask_owned(study: optuna.Study, space: dict) -> optuna.Trial:
+    trial = study.ask(space)
+    trial.set_user_attr("worker", worker_id())
+    return trial
+
+
+def _orphaned(trial: optuna.trial.FrozenTrial) -> bool:
+    worker = trial.user_attrs.get("worker")
+    if worker:
+        return _process_gone(worker)
+    started = trial.datetime_start
+    return started is not None and (datetime.now() - started).total_seconds() > UNOWNED_GRACE_S
+
+
 def recover_interrupted(study: optuna.Study) -> list[int]:
-    """Fail the RUNNING trials whose sweeper process on this machine is gone, and queue their params again."""
+    """Fail the RUNNING trials whose sweeper is gone, and queue their params again.
+
+    Gone means: its process on this machine no longer exists, or it never stamped its worker id (killed between
+    ``ask`` and the stamp) and the trial is older than ``UNOWNED_GRACE_S``.
+    """
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
-        if not worker or not _process_gone(worker):
+        if not _orphaned(t):
             continue
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study.tell(t.number, state=TrialState.FAIL)
