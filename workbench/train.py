@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from workbench.config import validate
 from workbench.errors import ConfigError
@@ -25,6 +25,9 @@ def run(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> dict | None:
     """Returns the run's final metrics: the Optuna sweeper reads its objective (``hydra.sweeper.metric``) there."""
     in_trial = bool(cfg.get("optuna"))
+    if "claim" in cfg:  # a claim's grid (conf/experiment/claims/) is the report command's, not part of a run's params
+        with open_dict(cfg):
+            cfg.pop("claim")
     try:
         if not cfg.get("resume"):
             validate(cfg)
