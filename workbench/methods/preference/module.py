@@ -249,6 +249,9 @@ class PreferenceModule(PolicyModule):
         self.log(f"{prefix}/rewards_chosen", chosen.detach().mean(), **kw)
         self.log(f"{prefix}/rewards_rejected", rejected.detach().mean(), **kw)
         self.log(f"{prefix}/reward_margin", (chosen - rejected).detach().mean(), **kw)
+        if lp.ref_chosen is not None and lp.ref_rejected is not None:
+            # the raw log-ratio gap h(y_w) - h(y_l) in nats, whatever the loss (IPO regresses it to 1/(2 beta), DPO has no bound)
+            self.log(f"{prefix}/logratio_margin", lp.margin().detach().mean(), **kw)
         self.log(f"{prefix}/logps_chosen", lp.chosen.detach().mean(), **kw)
         self.log(f"{prefix}/logps_rejected", lp.rejected.detach().mean(), **kw)
         self.log(f"{prefix}/length_chosen", lp.chosen_tokens.float().mean(), **kw)
