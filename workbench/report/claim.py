@@ -60,6 +60,7 @@ class Claim:
     paper_numbers: dict | None = None
     micro: tuple[str, ...] = ()
     micro_seeds: tuple[int, ...] = (0, 1)
+    number: int | None = None  # its place in the list of claims (issue 9's numbering): the index's order
     entry: str = "workbench.train"  # the module each job runs (a measurement logs a run like a training run does)
 
     def arm(self, arm_id: str) -> Arm:
@@ -142,7 +143,10 @@ def parse(name: str, spec: dict) -> Claim:
     entry = spec.get("entry", "workbench.train")
     if not isinstance(entry, str) or not entry.startswith("workbench."):
         raise ConfigError(f"{where}.entry", f"must be a workbench module, got {entry!r}", "e.g. entry: workbench.measure.shared_prefix")
-    return Claim(name=name, title=_field(spec, "title", str, where), paper=_field(spec, "paper", str, where),
+    number = spec.get("number")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
+        raise ConfigError(f"{where}.number", f"must be a whole number, got {number!r}", "e.g. number: 3")
+    return Claim(name=name, number=number, title=_field(spec, "title", str, where), paper=_field(spec, "paper", str, where),
                  paper_claim=_field(spec, "paper_claim", str, where), setting=_field(spec, "setting", str, where),
                  seeds=tuple(seeds), arms=tuple(arms), metrics={str(k): str(v) for k, v in metrics.items()},
                  checks=tuple(checks), curves={str(k): str(v) for k, v in (spec.get("curves") or {}).items()},

@@ -161,10 +161,10 @@ def write_index(reports: Path) -> Path:
     """reports/README.md: one line per claim with its verdict (read from its report), then the other reports."""
     lines = ["# Reports", "", "Regenerate a claim's report (runs what is missing, reuses finished runs from MLflow):", "",
              "    python -m workbench.report <claim>", "",
-             "## Paper claims", "", "| claim | verdict | compute (2 cores) | report |", "|---|---|---|---|"]
+             "## Paper claims", "", "| # | claim | verdict | compute (2 cores) | report |", "|---|---|---|---|---|"]
     claimed = set()
-    for name in available():
-        claim = load(name)
+    for claim in sorted((load(name) for name in available()), key=lambda c: (c.number is None, c.number or 0, c.name)):
+        name = claim.name
         path = reports / f"{name}.md"
         claimed.add(path.name)
         verdict, minutes = "not generated yet", "—"
@@ -175,7 +175,7 @@ def write_index(reports: Path) -> Path:
                 if m := TIME_LINE.match(line):
                     minutes = f"{float(m['minutes']):.0f} min"
         link = f"[{name}.md]({name}.md)" if path.is_file() else f"`python -m workbench.report {name}`"
-        lines.append(f"| {claim.title} | **{verdict}** | {minutes} | {link} |")
+        lines.append(f"| {claim.number or ''} | {claim.title} | **{verdict}** | {minutes} | {link} |")
     lines += ["", "Verdict rule: " + RULE, "", "## Other reports (bench/ scripts and measurements)", ""]
     for path in sorted(reports.glob("*.md")):
         if path.name in claimed or path.name == "README.md":
