@@ -14,6 +14,7 @@ from workbench.errors import ConfigError
 OmegaConf.register_new_resolver("workbench_root", lambda: str(ROOT), replace=True)
 
 SFT_CONFIG = ROOT / "conf" / "method" / "sft.yaml"
+REWARD_MODEL_CONFIG = ROOT / "conf" / "method" / "reward_model.yaml"
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.safetensors.index.json")
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -419,6 +420,25 @@ def base_config(cfg: DictConfig) -> DictConfig:
     if base.model.get("lora"):
         base.model.lora.r = 0  # the base is a full fine-tune; adapters belong to the method on top
     return base
+
+
+def reward_model_config(cfg: DictConfig, train) -> DictConfig:
+    """The config of a reward model a reward entry asks the run to train first ({name: reward_model, train: {...}}):
+    conf/method/reward_model.yaml + the entry's ``train`` overrides, on this run's task, model and seed. Like the SFT
+    base it runs in the launching process, bounded by its own max_steps; ``method.save_dir`` is set by the caller."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    rm = OmegaConf.merge(OmegaConf.load(REWARD_MODEL_CONFIG), train or {})
+    raw["method"] = OmegaConf.to_container(rm, resolve=False)
+    raw["resume"] = None
+    raw.pop("optuna", None)
+    raw["run_name"] = f"reward_model-{cfg.task.name}-{cfg.model.name}-s{cfg.seed}"
+    out = OmegaConf.create(raw)
+    out.trainer.max_steps = "${method.max_steps}"
+    out.trainer.val_check_interval = "${method.val_check_interval}"
+    out.trainer.devices, out.trainer.strategy, out.trainer.num_nodes = 1, "auto", 1
+    if out.model.get("lora"):
+        out.model.lora.r = 0  # the reward model trains its full backbone
+    return out
 
 
 def cache_key(base: DictConfig) -> str:

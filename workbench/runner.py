@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from workbench.config import base_config, cache_key, flatten, has_weights, validate
+from workbench.config import base_config, cache_key, flatten, has_weights, reward_model_config, validate
 from workbench.errors import ConfigError, NonFiniteLossError
 from workbench.methods import method_class
 from workbench.methods.self_correction.protocol import for_method
@@ -251,6 +251,65 @@ def sft_base(cfg: DictConfig, task: Task, parent: RunLogger, run_dir: Path) -> P
     return path
 
 
+def reward_model_stages(cfg: DictConfig, task: Task, parent: RunLogger, run_dir: Path) -> None:
+    """Reward entries ``{name: reward_model, train: {...}}`` (``train``: overrides of conf/method/reward_model.yaml):
+    the Bradley-Terry reward model of this run's task, model and seed, cached like the SFT base under
+    <cache_dir>/reward_model/ (trained now as a child MLflow run if missing, from the run's seed, so it is the same
+    model whether trained here or found); the entry then reads ``path: <that folder>``. The RM learns from the
+    task's training pairs, so a GRPO run on an RM of its own prompts is one command."""
+    from omegaconf import open_dict
+
+    for i, spec in enumerate(cfg.method.get("rewards") or []):
+        if spec.get("name") != "reward_model" or spec.get("train") is None:
+            continue
+        if spec.get("path") is not None or spec.get("target") is not None:
+            raise ConfigError(f"method.rewards[{i}].train", "given together with path / target",
+                              "give train (the run trains the reward model first) or path (a trained one), not both")
+        rm = reward_model_config(cfg, OmegaConf.to_container(spec.train, resolve=True))  # interpolations: the run's
+        rm.method.save_dir = None  # where it is saved is not what its weights depend on
+        validate(rm)
+        path = Path(cfg.paths.cache_dir) / "reward_model" / f"{cfg.task.name}-{cfg.model.name}-{cache_key(rm)}"
+        if has_weights(path):
+            log.info("reward model: reusing %s", path)
+        else:
+            _train_reward_model(rm, task, parent, run_dir / f"reward_model_{i}", path)
+        with open_dict(cfg):
+            spec.path = str(path)
+            spec.pop("train")
+        parent.set_tags({f"workbench.reward_model_path.{i}": str(path)})
+
+
+def _train_reward_model(rm: DictConfig, task: Task, parent: RunLogger, stage_dir: Path, path: Path) -> None:
+    if not is_rank_zero():
+        raise RuntimeError(f"reward model {path} missing in a worker process; rank 0 trains it before launching workers")
+    log.info("reward model: training %s (cached for later runs)", path)
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # parallel jobs never share a folder
+    shutil.rmtree(tmp, ignore_errors=True)
+    rm.method.save_dir = str(tmp)  # RewardModelModule saves itself there when fit ends
+    logger = make_logger(rm, extra_tags={"workbench.stage": "reward_model", "mlflow.parentRunId": parent.run_id or ""})
+    record_config(logger, rm)
+    try:
+        L.seed_everything(rm.seed, workers=True, verbose=False)
+        weights = sft_base(rm, task, logger, stage_dir) if rm.method.init == "sft" else None
+        L.seed_everything(rm.seed, workers=True, verbose=False)
+        policy = build_policy(rm.model, rm.paths.cache_dir, corpus=task.corpus() if weights is None else None,
+                              weights_dir=weights)
+        fit_stage(rm, task, policy, logger, stage_dir)
+    except BaseException:
+        logger.close("FAILED")
+        raise
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(path)
+    except OSError:
+        if not has_weights(path):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # a parallel job with the same reward model finished first
+    logger.set_tags({"workbench.reward_model_path": str(path)})
+    logger.close("FINISHED")
+    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+
+
 # ---- SALSA: a reference soup of SFT warm starts trained with different seeds -------------------------------
 def soup_base(cfg: DictConfig, task: Task, parent: RunLogger, run_dir: Path) -> Path:
     """The uniform weight average of SFT runs with the seeds ``method.reference_soup.seeds`` (each a cached SFT
@@ -386,7 +445,9 @@ def run(cfg: DictConfig) -> dict:
 
 def _fit_language_model(cfg: DictConfig, task: Task, logger: RunLogger, run_dir: Path, resume_from: Path | None,
                         evaluate_before: bool) -> dict[str, float]:
-    """The SFT warm start (or SALSA's soup) when the method asks for one, then the method's own stage."""
+    """The reward models a reward entry asks to train, the SFT warm start (or SALSA's soup) when the method asks for
+    one, then the method's own stage."""
+    reward_model_stages(cfg, task, logger, run_dir)
     weights = sft_base(cfg, task, logger, run_dir) if cfg.method.init == "sft" and not cfg.method.get("reference_soup") else None
     if cfg.method.get("reference_soup"):  # SALSA: policy and reference start from the soup of SFT bases
         weights = soup_base(cfg, task, logger, run_dir)

@@ -80,7 +80,7 @@ class SequenceClassifierReward:
 
 @register_reward("reward_model")
 def reward_model(task, path: str | None = None, target: str | None = None, batch_size: int = 8,
-                 max_length: int = 1024, label_index: int = -1, device: str = "cpu"):
+                 max_length: int = 1024, label_index: int = -1, device: str = "cpu", train=None):
     """A learned reward (e.g. the multi-output safety RM of METHODS.md B10 as one head per entry).
 
     Exactly one of
@@ -88,7 +88,13 @@ def reward_model(task, path: str | None = None, target: str | None = None, batch
               ``SequenceClassifierReward``; batch_size, max_length, label_index, device apply);
       target: 'package.module:function', called as ``fn(prompts, completions, **task_fields)`` and
               returning one float per completion (the reward interface of this package).
+
+    ``train: {...}`` (overrides of conf/method/reward_model.yaml) instead of ``path``: the run trains a Bradley-Terry
+    reward model on its own task's pairs first (cached; ``workbench.runner.reward_model_stages``) and fills in path.
     """
+    if train is not None and path is None and target is None:
+        raise RewardParamError("train", "names a reward model to train, which a run (python -m workbench.train) does "
+                               "before the method starts; it was not trained here", "run it through workbench.train, or give path: <folder>")
     if (path is None) == (target is None):
         raise RewardParamError("path", "give exactly one of path (a local model) or target (a python callable)",
                                "set path: /models/rm or target: mypkg.rewards:score")
