@@ -128,11 +128,11 @@ def plot(claim: Claim, jobs: list[Job], uri: str, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = list(claim.metrics.items()) + [(m, d) for m, d in claim.curves.items()]
+    panels = [(m, d, False) for m, d in claim.metrics.items()] + [(m, d, True) for m, d in claim.curves.items()]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (metric, desc) in zip(axes[0], panels):
-        if metric in claim.curves:
+    for ax, (metric, desc, is_curve) in zip(axes[0], panels):
+        if is_curve:
             for i, arm in enumerate(claim.arms):
                 runs = [curve(uri, j, metric) for j in jobs if j.arm.id == arm.id and j.run is not None]
                 runs = [r for r in runs if r]
