@@ -10,6 +10,8 @@ import torch
 
 from workbench.errors import ConfigError
 from workbench.policy.generation import HFGenerator, VLLMGenerator, build_generator
+from workbench.methods.group_rl.module import window_summary
+from workbench.tasks.arithmetic import ArithmeticTask
 from workbench.train import run
 
 
@@ -46,6 +48,62 @@ def test_group_rl_step_metrics_are_logged(fast_cfg):
     assert keys & {"train/completion_length_correct", "train/completion_length_incorrect"}
     fill = _history(cfg, summary["mlflow_run_id"], "train/dynamic_sampling/fill_frac")
     assert len(fill) == 4 and all(0.0 <= f <= 1.0 for f in fill)
+
+
+def test_window_summary_on_hand_values():
+    history = {"entropy": [1.0, 2.0, 3.0, 4.0, 5.0], "completion_length_incorrect": [], "reward": [0.5]}
+    assert window_summary(history, 2) == {
+        "train_early/entropy": 1.5, "train_late/entropy": 4.5, "train_growth/entropy": 3.0,
+        "train_early/reward": 0.5, "train_late/reward": 0.5, "train_growth/reward": 0.0,
+    }  # a metric never logged (no incorrect completion at any step) has no summary
+    assert window_summary(history, 0) == {}
+    assert window_summary({"x": [1.0, 3.0]}, 5) == {"train_early/x": 2.0, "train_late/x": 2.0, "train_growth/x": 0.0}
+
+
+def test_group_rl_run_logs_window_summary_and_accuracy_by_difficulty(fast_cfg, tmp_path):
+    cfg = fast_cfg("grpo", ["method.summary_window=2", "task.num_operands=[4,2]", "task.max_value=[9,99]"])
+    summary = run(cfg)
+    run_id = summary["mlflow_run_id"]
+    metrics = mlflow.MlflowClient(cfg.logger.tracking_uri).get_run(run_id).data.metrics
+    for key in ("entropy", "reward", "completion_length"):
+        values = _history(cfg, run_id, f"train/{key}")
+        assert len(values) == 4
+        early, late = sum(values[:2]) / 2, sum(values[2:]) / 2
+        assert math.isclose(metrics[f"train_early/{key}"], early, rel_tol=1e-5, abs_tol=1e-6)
+        assert math.isclose(metrics[f"train_late/{key}"], late, rel_tol=1e-5, abs_tol=1e-6)
+        assert math.isclose(metrics[f"train_growth/{key}"], late - early, rel_tol=1e-5, abs_tol=1e-6)
+        assert math.isclose(summary["metrics"][f"train_late/{key}"], late, rel_tol=1e-5, abs_tol=1e-6)
+    # the history travels with the checkpoint (a resumed run's windows cover the steps before the interruption)
+    ckpt = sorted((tmp_path / "run" / "checkpoints").glob("*.ckpt"))[-1]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["workbench_train_history"]["entropy"]
+    assert saved and all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(saved, _history(cfg, run_id, "train/entropy")))
+    # held-out accuracy per difficulty level, weighted by the level's rows, adds up to the overall accuracy
+    task = ArithmeticTask(num_operands=[4, 2], max_value=[9, 99], train_size=cfg.task.train_size, val_size=cfg.task.val_size,
+                          test_size=cfg.task.test_size, seed=cfg.task.seed)
+    levels = list(task.splits["test"]["difficulty"])
+    assert set(levels) == {"4ops_max9", "2ops_max99"}
+    for prefix in ("test_before", "test"):
+        by_level = sum(levels.count(lv) * metrics[f"{prefix}/accuracy_{lv}"] for lv in set(levels)) / len(levels)
+        assert math.isclose(by_level, metrics[f"{prefix}/accuracy"], abs_tol=1e-6)
+    assert "val/accuracy_4ops_max9" in metrics
+
+
+def test_accuracy_by_difficulty_on_hand_values():
+    """Each level's accuracy over its rows, logged with its row count as weight; a level absent from the batch
+    is logged with weight 0 (so every DDP rank logs the same keys) and does not move the epoch mean."""
+    from types import SimpleNamespace
+
+    from workbench.methods.base import PolicyModule
+
+    logged = []
+    stub = SimpleNamespace(task=SimpleNamespace(difficulty_levels=lambda: ["2ops", "3ops", "4ops"]),
+                           log=lambda name, value, batch_size, **kw: logged.append((name, float(value), batch_size)))
+    correct = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])
+    PolicyModule._log_by_difficulty(stub, ["2ops", "3ops", "2ops", "2ops", "3ops"], correct, "test")
+    assert logged == [("test/accuracy_2ops", 1.0, 3), ("test/accuracy_3ops", 0.0, 2), ("test/accuracy_4ops", 0.0, 0)]
+    logged.clear()
+    PolicyModule._log_by_difficulty(stub, ["3ops", "2ops", "3ops", "4ops"], torch.tensor([1.0, 0.0, 0.0, 1.0]), "val")
+    assert logged == [("val/accuracy_2ops", 0.0, 1), ("val/accuracy_3ops", 0.5, 2), ("val/accuracy_4ops", 1.0, 1)]
 
 
 def test_hapo_history_is_saved_in_checkpoints(fast_cfg, tmp_path):

@@ -100,6 +100,48 @@ def test_arithmetic_min_value_and_operator_subset():
         assert row["target"] == str(a * b)
 
 
+def test_arithmetic_levels_label_their_difficulty():
+    task = ArithmeticTask(num_operands=[4, 2], max_value=[9, 99], train_size=400, val_size=40, test_size=100, seed=5)
+    assert task.difficulty_levels() == ["2ops_max99", "4ops_max9"]
+    for split in ("train", "validation", "test"):
+        rows = task.splits[split]
+        for row in rows:
+            operands = [int(v) for v in re.split(r"[-+*]", row["prompt"][:-1])]
+            assert row["difficulty"] == ("4ops_max9" if len(operands) == 4 else "2ops_max99")
+            assert max(operands) <= (9 if len(operands) == 4 else 99)
+            assert row["target"] == str(evaluate(row["prompt"]))
+        share = sum(d == "4ops_max9" for d in rows["difficulty"]) / len(rows)
+        assert 0.3 < share < 0.7  # each problem draws its level uniformly
+    # a whole number is repeated over the levels of the other list
+    counts = ArithmeticTask(num_operands=[2, 3], max_value=49, **SMALL)
+    assert counts.difficulty_levels() == ["2ops_max49", "3ops_max49"]
+    # without levels: no difficulty column, and the draws of the code before levels existed
+    plain = ArithmeticTask(num_operands=2, max_value=99, train_size=50, val_size=5, test_size=5, seed=0)
+    assert "difficulty" not in plain.splits["train"].column_names and plain.difficulty_levels() == []
+    assert plain.splits["test"]["prompt"][:3] == ["49+97=", "5+33=", "51+38="]
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(num_operands=[1, 2]), "task.num_operands"),
+    (dict(num_operands=[2, 2]), "task.num_operands"),
+    (dict(num_operands=[]), "task.num_operands"),
+    (dict(num_operands=[2, "x"]), "task.num_operands"),
+    (dict(num_operands=[2, 3], max_value=[9, 99, 999]), "task.num_operands"),
+    (dict(max_value=[99, 0]), "task.max_value"),
+])
+def test_arithmetic_bad_levels_name_their_field(kwargs, field):
+    with pytest.raises(ConfigError) as info:
+        ArithmeticTask(**{**SMALL, **kwargs})
+    assert info.value.field == field
+
+
+def test_arithmetic_levels_space_is_checked_per_level():
+    # 2 operands of 0..9: 100 expressions, too few for half of 300 problems even though 4 operands of 0..9 have 10,000
+    with pytest.raises(ConfigError) as info:
+        ArithmeticTask(num_operands=[2, 4], max_value=9, train_size=280, val_size=10, test_size=10)
+    assert info.value.field == "task.train_size" and "2 operands" in str(info.value)
+
+
 @pytest.mark.parametrize("completion", ["46", " 46", "46 ", "46\n", "46 and more text", "46.0", "046"])
 def test_arithmetic_verify_accepts(arith, completion):
     assert arith.verify(completion, "46")

@@ -101,6 +101,10 @@ def _check_group_rl(cfg: DictConfig) -> None:
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ConfigError("method.dynamic_sampling.max_rounds", f"must be a whole number >= 0, got {rounds!r}",
                           "e.g. method.dynamic_sampling.max_rounds=3")
+    window = m.get("summary_window")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+        raise ConfigError("method.summary_window", f"must be a whole number >= 0 or null, got {window!r}",
+                          "e.g. method.summary_window=20 (0 or null: no train_early/late/growth metrics)")
 
 
 def _check_preference(cfg: DictConfig) -> None:

@@ -95,11 +95,24 @@ class PolicyModule(StepTimes, L.LightningModule):
         self.log(f"{prefix}/accuracy", correct.mean(), batch_size=n, on_epoch=True, sync_dist=True)
         self.log(f"{prefix}/completion_length", rollout.lengths.float().mean(), batch_size=n, on_epoch=True, sync_dist=True)
         self.log(f"{prefix}/truncated_frac", rollout.truncated.float().mean(), batch_size=n, on_epoch=True, sync_dist=True)
+        if "difficulty" in batch:  # a task that mixes difficulty levels (arithmetic's num_operands list): accuracy per level
+            self._log_by_difficulty(batch["difficulty"], correct, prefix)
         ks = list(self.cfg.eval.get("pass_k") or [])
         if ks:
             self._pass_at_k(batch, prefix, ks)
         if getattr(self, "judge", None) is not None:
             self.judge_samples(batch, prefix)
+
+    def _log_by_difficulty(self, levels: list, correct: torch.Tensor, prefix: str) -> None:
+        """``{prefix}/accuracy_<level>`` for every level of the task's 'difficulty' column, weighted by its rows. A
+        level absent from this batch logs weight 0, so every rank logs the same keys (DDP's sync needs them all)."""
+        levels = [str(level) for level in levels]
+        known = self.task.difficulty_levels() if hasattr(self.task, "difficulty_levels") else sorted(set(levels))
+        for level in known:
+            picked = torch.tensor([x == level for x in levels])
+            count = int(picked.sum())
+            value = correct[picked].mean() if count else torch.tensor(0.0)
+            self.log(f"{prefix}/accuracy_{level}", value, batch_size=count, on_epoch=True, sync_dist=True)
 
     def _pass_at_k(self, batch, prefix: str, ks: list[int]) -> None:
         """Unbiased pass@k (Chen et al. 2021) from ``eval.num_samples`` samples per prompt at ``eval.temperature``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from datasets import Dataset, DatasetDict
+from omegaconf import ListConfig
 
 from workbench.errors import ConfigError
 from workbench.tasks.base import NUMBER, Task, check_operators, check_positive_sizes
@@ -17,9 +18,9 @@ class ArithmeticTask(Task):
 
     def __init__(
         self,
-        num_operands: int = 2,
+        num_operands: int | list[int] = 2,
         min_value: int = 0,
-        max_value: int = 99,
+        max_value: int | list[int] = 99,
         operators: tuple[str, ...] = ("+",),
         train_size: int = 20000,
         val_size: int = 200,
@@ -27,20 +28,37 @@ class ArithmeticTask(Task):
         seed: int = 1234,
         **_unused,
     ):
-        for field, value in (("num_operands", num_operands), ("min_value", min_value), ("max_value", max_value),
-                             ("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
+        # Mixed difficulty: num_operands and/or max_value given as lists (of one length; a whole number is repeated)
+        # define levels, level i drawing num_operands[i] operands from min_value..max_value[i]. Each problem draws its
+        # level uniformly and every row carries a 'difficulty' column ('2ops_max99', ...) that evaluation reports
+        # accuracy by. With whole numbers there is one level, no column, and the draws of the task without levels.
+        lists = {field: (list(v) if isinstance(v, (list, tuple, ListConfig)) else None)
+                 for field, v in (("num_operands", num_operands), ("max_value", max_value))}
+        mixed = any(v is not None for v in lists.values())
+        size = max((len(v) for v in lists.values() if v is not None), default=1)
+        for field, values in lists.items():
+            if values is not None and len(values) != size or size == 0:
+                raise ConfigError(f"task.{field}", f"levels need lists of one length, got num_operands={num_operands!r}, "
+                                  f"max_value={max_value!r}", "e.g. task.num_operands=[4,2] task.max_value=[9,99]")
+        levels = list(zip(lists["num_operands"] or [num_operands] * size, lists["max_value"] or [max_value] * size))
+        for field, value in (*(("num_operands", n) for n, _ in levels), *(("max_value", m) for _, m in levels),
+                             ("min_value", min_value), ("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"task.{field}", f"must be a whole number, got {value!r}", f"set task.{field} to an integer")
-        if num_operands < 2:
+        if any(n < 2 for n, _ in levels):
             raise ConfigError("task.num_operands", f"must be >= 2, got {num_operands}", "set task.num_operands=2 or more")
-        if min_value < 0 or max_value <= min_value:
+        if len(set(levels)) != len(levels):
+            raise ConfigError("task.num_operands", f"levels repeat: {levels}", "give each level its own num_operands / max_value")
+        if min_value < 0 or any(m <= min_value for _, m in levels):
             raise ConfigError("task.max_value", f"need 0 <= min_value < max_value, got {min_value}..{max_value}", "widen the range")
         check_operators(operators, OPERATORS)
         check_positive_sizes(train_size=train_size, val_size=val_size, test_size=test_size)
-        space = (max_value - min_value + 1) ** num_operands * len(operators) ** (num_operands - 1)
         total = train_size + val_size + test_size
-        if total > 0.8 * space:
-            raise ConfigError("task.train_size", f"{total} problems requested from only {space} distinct ones", "raise task.max_value or lower the sizes")
+        for n, m in levels:  # each level gets about total / len(levels) of the problems
+            space = (m - min_value + 1) ** n * len(operators) ** (n - 1)
+            if total / len(levels) > 0.8 * space:
+                raise ConfigError("task.train_size", f"{total / len(levels):.0f} problems with {n} operands of {min_value}..{m} "
+                                  f"requested from only {space} distinct ones", "raise task.max_value or lower the sizes")
         rng = random.Random(seed)
         seen: set[str] = set()
         splits = {}
@@ -48,14 +66,18 @@ class ArithmeticTask(Task):
         for split, size in (("test", test_size), ("validation", val_size), ("train", train_size)):
             rows = []
             while len(rows) < size:
-                operands = [rng.randint(min_value, max_value) for _ in range(num_operands)]
-                ops = [rng.choice(operators) for _ in range(num_operands - 1)]
+                n, top = rng.choice(levels) if mixed else levels[0]  # no level draw without levels: the draws stay as they were
+                operands = [rng.randint(min_value, top) for _ in range(n)]
+                ops = [rng.choice(operators) for _ in range(n - 1)]
                 expr = str(operands[0]) + "".join(f"{o}{v}" for o, v in zip(ops, operands[1:]))
                 if expr in seen:
                     continue
                 seen.add(expr)
                 value = eval(expr, {"__builtins__": {}})  # digits and + - * only, built above
-                rows.append({"prompt": f"{expr}=", "target": str(value), "answer": str(value)})
+                row = {"prompt": f"{expr}=", "target": str(value), "answer": str(value)}
+                if mixed:
+                    row["difficulty"] = f"{n}ops_max{top}"
+                rows.append(row)
             splits[split] = Dataset.from_list(rows)
         self.splits = DatasetDict(train=splits["train"], validation=splits["validation"], test=splits["test"])
 

@@ -50,6 +50,14 @@ class Task:
         for row in self.splits["train"]:
             yield row["prompt"] + row["target"]
 
+    def difficulty_levels(self) -> list[str]:
+        """The values of the 'difficulty' column (sorted; empty when the task has none): evaluation logs accuracy per level."""
+        levels: set[str] = set()
+        for split in self.splits.values():
+            if "difficulty" in split.column_names:
+                levels.update(str(level) for level in split["difficulty"])
+        return sorted(levels)
+
     def split(self, name: str) -> Dataset:
         if name not in self.splits:
             raise ConfigError("split", f"task '{self.name}' has no split '{name}'", f"use one of {list(self.splits)}")

@@ -24,6 +24,23 @@ from workbench.rewards import RewardSet
 from workbench.rewards.judges import build_judge
 from workbench.tasks.base import normalize_number
 
+# train/* metrics remembered every step; at the end of training the mean of the first and of the last
+# ``method.summary_window`` logged values of each is logged once (train_early/, train_late/, train_growth/ = late - early),
+# so a claim can compare smoothed final values and drifts instead of one noisy last step
+SUMMARY_KEYS = ("reward", "accuracy", "entropy", "completion_length", "completion_length_correct", "completion_length_incorrect")
+
+
+def window_summary(history: dict[str, list[float]], window: int) -> dict[str, float]:
+    """Mean of the first and of the last ``window`` values of each metric's history (fewer when it has fewer)."""
+    out = {}
+    for key, values in history.items():
+        if window < 1 or not values:
+            continue
+        k = min(window, len(values))
+        early, late = sum(values[:k]) / k, sum(values[-k:]) / k
+        out.update({f"train_early/{key}": early, f"train_late/{key}": late, f"train_growth/{key}": late - early})
+    return out
+
 
 class GroupRLModule(PolicyModule):
     family = "group_rl"
@@ -40,6 +57,7 @@ class GroupRLModule(PolicyModule):
         self.judge = build_judge(method.judge, task) if method.get("judge") else None
         if method.get("shared_prefix", False):
             self._check_shared_prefix_support()
+        self.history: dict[str, list[float]] = {key: [] for key in SUMMARY_KEYS}  # see window_summary
 
     def _check_shared_prefix_support(self) -> None:
         check_shared_prefix_support(self.model)
@@ -231,17 +249,31 @@ class GroupRLModule(PolicyModule):
             for name, values in data.parts.items():
                 log[f"reward/{name}"] = values.mean()
         P = data.num_groups
+        for key, value in {**log, "reward": rewards.mean()}.items():
+            if key in self.history:
+                self.history[key].append(float(value))
         self.log("train/reward", rewards.mean(), prog_bar=True, on_step=True, batch_size=P)
         self.log_dict({f"train/{k}": float(v) for k, v in log.items()}, on_step=True, batch_size=P)
         tokens = int(r.prompt_mask.sum() + mask.sum()) * (1 + self.cfg.inner_iterations)
         self.count_tokens(tokens)
 
-    # ---- stateful rewards (HAPO's per-prompt history) travel with the checkpoint ----------------
+    def on_train_end(self):
+        """The early / late window means of SUMMARY_KEYS, logged once at the last step (and into the run's summary)."""
+        summary = window_summary(self.history, int(self.cfg.get("summary_window") or 0))
+        if summary and self.logger is not None:
+            self.logger.log_metrics(summary, step=self.global_step)
+        for key, value in summary.items():
+            self.trainer.callback_metrics[key] = torch.tensor(value)
+
+    # ---- stateful rewards (HAPO's per-prompt history) and the metric history travel with the checkpoint ----
     def on_save_checkpoint(self, checkpoint):
         super().on_save_checkpoint(checkpoint)
         checkpoint["workbench_reward_state"] = self.rewards.state_dict()
+        checkpoint["workbench_train_history"] = {key: list(values) for key, values in self.history.items()}
 
     def on_load_checkpoint(self, checkpoint):
         super().on_load_checkpoint(checkpoint)
         if "workbench_reward_state" in checkpoint:
             self.rewards.load_state_dict(checkpoint["workbench_reward_state"])
+        for key, values in checkpoint.get("workbench_train_history", {}).items():
+            self.history[key] = list(values)
