@@ -174,3 +174,12 @@ def test_list_names_every_claim(tmp_path):
 
 def test_claims_dir_is_the_repo_conf():
     assert claim_module.CLAIMS_DIR == ROOT / "conf" / "experiment" / "claims"
+
+
+def test_the_shared_sft_base_run_carries_no_claim_tags():
+    from workbench.config import base_config
+
+    cfg = compose_run("robust_dpo", ["++logger.tags.claim=robust_dpo", "++logger.tags.claim_arm=dpo_clean",
+                                     "++logger.tags.claim_key=abc", "++logger.tags.team=rl"])
+    assert dict(base_config(cfg).logger.tags) == {"team": "rl"}
+    assert set(cfg.logger.tags) == {"claim", "claim_arm", "claim_key", "team"}  # the main run keeps them

@@ -403,6 +403,13 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _drop_claim_tags(raw: dict) -> None:
+    """A stage run before the main one (SFT base, reward model) is shared by every claim arm: it carries no claim tags."""
+    tags = (raw.get("logger") or {}).get("tags") or {}
+    for key in [k for k in tags if str(k).startswith("claim")]:
+        tags.pop(key)
+
+
 def base_config(cfg: DictConfig) -> DictConfig:
     """The config of the SFT warm start a method asks for: conf/method/sft.yaml + method.base overrides."""
     raw = OmegaConf.to_container(cfg, resolve=False)
@@ -413,6 +420,7 @@ def base_config(cfg: DictConfig) -> DictConfig:
     raw["method"] = OmegaConf.to_container(sft, resolve=False)
     raw["resume"] = None
     raw.pop("optuna", None)  # a sweep trial's warm start is shared by every trial: no pruning, no trial tags
+    _drop_claim_tags(raw)
     raw["run_name"] = f"sft_base-{cfg.task.name}-{cfg.model.name}-s{cfg.seed}"
     base = OmegaConf.create(raw)
     # the warm start is bounded by method.base.*, never by the trainer overrides of the method on top
@@ -435,6 +443,7 @@ def reward_model_config(cfg: DictConfig, train) -> DictConfig:
     raw["method"] = OmegaConf.to_container(rm, resolve=False)
     raw["resume"] = None
     raw.pop("optuna", None)
+    _drop_claim_tags(raw)
     raw["run_name"] = f"reward_model-{cfg.task.name}-{cfg.model.name}-s{cfg.seed}"
     out = OmegaConf.create(raw)
     out.trainer.max_steps = "${method.max_steps}"
