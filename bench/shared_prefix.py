@@ -27,21 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workbench.policy.logprobs import token_logprobs  # noqa: E402
+from workbench.measure.shared_prefix import make_batch  # noqa: E402
 from workbench.policy.shared_prefix import shared_prefix_token_logprobs  # noqa: E402
 
 MODEL = dict(vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
              num_key_value_heads=8, max_position_embeddings=4096)
-
-
-def make_batch(G: int, P: int, T: int, vocab: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    prompt_ids = torch.randint(1, vocab, (1, P), generator=g).repeat_interleave(G, 0)
-    prompt_mask = torch.ones(G, P, dtype=torch.long)
-    completion_ids = torch.randint(1, vocab, (G, T), generator=g)
-    lengths = torch.randint(T // 2, T + 1, (G,), generator=g)
-    lengths[0] = T
-    completion_mask = (torch.arange(T)[None] < lengths[:, None]).long()
-    return prompt_ids, prompt_mask, completion_ids.masked_fill(completion_mask == 0, 0), completion_mask
 
 
 def step_time(model, batch, fn, **kw) -> float:
@@ -72,7 +62,7 @@ def main() -> None:
     rows = []
     for threads, P, G in [(th, P, G) for th in args.threads for P in args.prompts for G in args.groups]:
         torch.set_num_threads(threads)
-        batch = make_batch(G, P, args.completion, MODEL["vocab_size"])
+        batch = make_batch(G, P, args.completion, MODEL["vocab_size"], seed=0)
         naive, shared = [], []
         for i in range(args.repeats + 1):  # first pair is warm-up
             tn = step_time(model, batch, token_logprobs)
