@@ -38,7 +38,7 @@ def evaluate(check: Check, jobs: list[Job]) -> CheckResult:
 
 def fmt(x: float, sign: str = "") -> str:
     """3 decimals, or scientific notation for the tiny numbers (gradient differences) 3 decimals would hide."""
-    if x != 0 and abs(x) < 5e-3:
+    if x != 0 and abs(x) < 1e-3:
         return f"{x:{sign}.2e}"
     return f"{x:{sign}.3f}"
 
@@ -78,9 +78,9 @@ def write(claim: Claim, jobs: list[Job], uri: str, out_dir: Path, command: str, 
     lines += [f"**Verdict: {verdict}** (computed from the runs below by the rule at the end; never edited by hand)", "",
               f"Compute: {sum(job_minutes(j) for j in jobs):.1f} min of runs in all (sum over the {len(jobs)} runs, "
               f"{sum(j.reused for j in jobs)} reused from MLflow); this command took {wall_s / 60:.1f} min. "
-              f"Generated {datetime.now():%Y-%m-%d %H:%M} on {os.cpu_count()} CPU cores (load average at the end "
-              f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}: other work shares the machine, so compare wall times "
-              "within a report, not across) by", "", f"    {command}", "",
+              f"Generated {datetime.now():%Y-%m-%d %H:%M} on {os.cpu_count()} CPU cores (load average as it was written "
+              f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}; runs may have shared the machine with other work, so "
+              "compare wall times within a report, not across) by", "", f"    {command}", "",
               "## The paper's claim", "", f"{claim.paper_claim.strip()}", "", f"Source: {claim.paper.strip()}", ""]
     if claim.paper_numbers:
         table = claim.paper_numbers
