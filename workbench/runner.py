@@ -210,17 +210,29 @@ def fit_stage(cfg: DictConfig, task: Task, policy: Policy | None, logger: RunLog
     return results
 
 
-def save_once(policy: Policy, path: Path) -> None:
-    """Write a cached model folder atomically: a private temporary folder, then one rename."""
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # parallel jobs never share a folder
+def partial_dir(path: Path) -> Path:
+    """A private, empty temporary folder next to a cache folder: parallel jobs never share one."""
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save(tmp)
+    return tmp
+
+
+def publish_once(tmp: Path, path: Path) -> None:
+    """Move a finished temporary folder to its cache path in one rename (a parallel job may have got there first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp.rename(path)
     except OSError:
         if not has_weights(path):
             raise
-        shutil.rmtree(tmp, ignore_errors=True)  # a parallel job with the same base finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_once(policy: Policy, path: Path) -> None:
+    """Write a cached model folder atomically: a private temporary folder, then one rename."""
+    tmp = partial_dir(path)
+    policy.save(tmp)
+    publish_once(tmp, path)
 
 
 def sft_base(cfg: DictConfig, task: Task, parent: RunLogger, run_dir: Path) -> Path:
@@ -283,8 +295,7 @@ def _train_reward_model(rm: DictConfig, task: Task, parent: RunLogger, stage_dir
     if not is_rank_zero():
         raise RuntimeError(f"reward model {path} missing in a worker process; rank 0 trains it before launching workers")
     log.info("reward model: training %s (cached for later runs)", path)
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # parallel jobs never share a folder
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_dir(path)
     rm.method.save_dir = str(tmp)  # RewardModelModule saves itself there when fit ends
     logger = make_logger(rm, extra_tags={"workbench.stage": "reward_model", "mlflow.parentRunId": parent.run_id or ""})
     record_config(logger, rm)
@@ -298,13 +309,7 @@ def _train_reward_model(rm: DictConfig, task: Task, parent: RunLogger, stage_dir
     except BaseException:
         logger.close("FAILED")
         raise
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(path)
-    except OSError:
-        if not has_weights(path):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # a parallel job with the same reward model finished first
+    publish_once(tmp, path)
     logger.set_tags({"workbench.reward_model_path": str(path)})
     logger.close("FINISHED")
     shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)

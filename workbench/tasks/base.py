@@ -51,12 +51,15 @@ class Task:
             yield row["prompt"] + row["target"]
 
     def difficulty_levels(self) -> list[str]:
-        """The values of the 'difficulty' column (sorted; empty when the task has none): evaluation logs accuracy per level."""
-        levels: set[str] = set()
-        for split in self.splits.values():
-            if "difficulty" in split.column_names:
-                levels.update(str(level) for level in split["difficulty"])
-        return sorted(levels)
+        """The values of the 'difficulty' column (sorted; empty when the task has none): evaluation logs accuracy per level.
+        Read once: every evaluation batch asks, and the splits do not change."""
+        if getattr(self, "_difficulty_levels", None) is None:
+            levels: set[str] = set()
+            for split in self.splits.values():
+                if "difficulty" in split.column_names:
+                    levels.update(str(level) for level in split["difficulty"])
+            self._difficulty_levels = sorted(levels)
+        return self._difficulty_levels
 
     def split(self, name: str) -> Dataset:
         if name not in self.splits:
