@@ -103,6 +103,11 @@ def test_an_unknown_claim_names_the_known_ones():
         load("no_such_claim")
 
 
+def test_the_shipped_claims_are_issue_9s_twelve_numbered_in_order():
+    # the index sorts by number; a claim file that loses its number drops to the bottom unnumbered
+    assert sorted(load(name).number for name in available()) == list(range(1, 13))
+
+
 @pytest.mark.parametrize("name", available())
 def test_every_claim_file_loads_and_its_micro_jobs_compose_and_validate(name):
     claim = load(name)
