@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 
 import mlflow
@@ -154,6 +155,9 @@ def test_micro_claim_end_to_end_then_every_run_is_reused(tmp_path):
 
     again = _report(tmp_path, "robust_dpo", "--micro")
     assert again.returncode == 0 and "10 reused" in again.stdout and "0 to run" in again.stdout
+    regenerated = (tmp_path / "out" / "robust_dpo.md").read_text()
+    minutes = [re.search(r"Compute: ([\d.]+) min of runs", text).group(1) for text in (report, regenerated)]
+    assert minutes[0] == minutes[1] and float(minutes[0]) > 0  # reused runs count the jobs' whole wall time again
     assert len(client.search_runs([exp.experiment_id], filter_string="tags.claim = 'robust_dpo'")) == 10
 
     from workbench.report.write import write_index

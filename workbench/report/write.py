@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from workbench.report.claim import Check, Claim, available, load
-from workbench.report.runs import Job, curve
+from workbench.report.runs import JOB_WALL, Job, curve
 from workbench.report.verdict import RULE, CheckResult, judge, overall
 
 VERDICT_LINE = re.compile(r"^\*\*Verdict: (?P<verdict>[a-z ]+)\*\*")
@@ -61,9 +61,10 @@ def describe(check: Check, claim: Claim) -> str:
 
 
 def job_minutes(job: Job) -> float:
+    """The job's whole wall time; for runs from before it was logged, the run's own (its SFT base not included)."""
     if job.seconds is not None and not job.reused:
         return job.seconds / 60
-    return job.metrics.get("run/wall_time_s", 0.0) / 60
+    return job.metrics.get(JOB_WALL, job.metrics.get("run/wall_time_s", 0.0)) / 60
 
 
 def write(claim: Claim, jobs: list[Job], uri: str, out_dir: Path, command: str, micro: bool, wall_s: float) -> tuple[Path, str]:
