@@ -24,7 +24,7 @@ from workbench.methods import method_class
 from workbench.methods.self_correction.protocol import for_method
 from workbench.policy import Policy, build_policy
 from workbench.summary import print_summary
-from workbench.stores import ensure_experiment
+from workbench.stores import ensure_experiment, partial_dir, publish_once
 from workbench.tasks import Task, build_task
 from workbench.tracking import PendingMetricsInCheckpoint, RunLogger, git_commit
 
@@ -208,24 +208,6 @@ def fit_stage(cfg: DictConfig, task: Task, policy: Policy | None, logger: RunLog
         results[PRUNED_METRIC] = pruned_at
         logger.set_tags({"optuna.pruned_at_step": str(pruned_at)})
     return results
-
-
-def partial_dir(path: Path) -> Path:
-    """A private, empty temporary folder next to a cache folder: parallel jobs never share one."""
-    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    return tmp
-
-
-def publish_once(tmp: Path, path: Path) -> None:
-    """Move a finished temporary folder to its cache path in one rename (a parallel job may have got there first)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(path)
-    except OSError:
-        if not has_weights(path):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_once(policy: Policy, path: Path) -> None:

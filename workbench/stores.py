@@ -1,18 +1,25 @@
-"""Opening the SQL databases behind MLflow and Optuna from several processes at once.
+"""What several processes share: the SQL databases behind MLflow and Optuna, and cached model folders.
 
 Processes started together on a fresh database (parallel jobs, several sweepers) race to create its tables:
 on sqlite the loser leaves a half-migrated file behind (`table _alembic_tmp_experiments already exists`),
 so the first use of a sqlite file is serialised with a lock file beside it. A server database (PostgreSQL)
 migrates in transactions: there the loser's error goes away when it tries again.
+
+A cached folder (an SFT base, a reward model, a dequantized GGUF model) is written into a private temporary folder
+(``partial_dir``) and published with one rename (``publish_once``), so no job ever reads a half-written folder.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
+
+from workbench.config import has_weights
 
 T = TypeVar("T")
 
@@ -76,3 +83,24 @@ def ensure_experiment(uri: str, name: str) -> str:
             return client.get_experiment_by_name(name).experiment_id
 
     return open_store(uri, get_or_create)
+
+
+def partial_dir(path: Path) -> Path:
+    """A private, empty temporary folder next to a cache folder: parallel jobs never share one."""
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def publish_once(tmp: Path, path: Path, complete: Callable[[Path], bool] = has_weights) -> None:
+    """Move a finished temporary folder to its cache path in one rename. A parallel job may have got there first
+    (its folder is as good: ours is dropped); an incomplete leftover of a killed job is replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not complete(path):
+        shutil.rmtree(path, ignore_errors=True)  # it would make the rename fail
+    try:
+        tmp.rename(path)
+    except OSError:
+        if not complete(path):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from workbench.config import MODEL_DTYPES, check_local_model, has_weights  # noqa: F401 - re-exported
 from workbench.errors import ConfigError
 from workbench.policy.tokenizer import train_tokenizer
+from workbench.stores import partial_dir, publish_once
 
 log = logging.getLogger(__name__)
 
@@ -165,19 +164,10 @@ def gguf_to_local(model_cfg: DictConfig, cache_dir: str | Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    # A private temporary folder: two runs dequantizing at once must not write into the same files.
-    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_dir(target)  # two runs dequantizing at once must not write into the same files
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if target.exists() and not _is_model_folder(target):
-        shutil.rmtree(target)  # an incomplete leftover would make the rename fail
-    try:
-        tmp.rename(target)
-    except OSError:
-        if not _is_model_folder(target):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another run finished first; its folder is as good
+    publish_once(tmp, target, complete=_is_model_folder)
     return target
 
 
