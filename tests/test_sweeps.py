@@ -277,6 +277,49 @@ def test_sweep_tracks_trials_in_mlflow_and_survives_a_crashing_trial(tmp_path):
     assert len(optuna.load_study(study_name="toy", storage=storage).trials) == 4
 
 
+def test_best_mark_moves_to_one_run_even_when_two_sweepers_mark_it(tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from workbench.sweep.tracking import TrialRuns
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = optuna.create_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    first, second = TrialRuns(uri, "exp", study, "m"), TrialRuns(uri, "exp", study, "m")
+    run_of = {}
+    for value, runs in ((0.1, first), (0.3, second), (0.2, first)):  # each sweeper marks what it sees
+        trial = study.ask()
+        run_of[value] = runs.start(trial, str(tmp_path), {})
+        study.tell(trial, value)
+        runs.finish(run_of[value], TrialState.COMPLETE, value, {})
+        runs.mark_best()
+    # the other sweeper's collision on MLflow's unique tag key is retried, not raised
+    set_tag, calls = first.client.set_tag, []
+
+    def collide_once(run_id, key, value):
+        calls.append(key)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: tags.key, tags.run_uuid")
+        set_tag(run_id, key, value)
+
+    monkeypatch.setattr(first.client, "set_tag", collide_once)
+    trial = study.ask()
+    run_of[0.5] = first.start(trial, str(tmp_path), {})
+    study.tell(trial, 0.5)
+    first.mark_best()
+    best = {r.info.run_id for r in first.client.search_runs([first.experiment_id])
+            if r.data.tags.get("optuna.best") == "true"}
+    assert best == {run_of[0.5]} and len(calls) >= 2
+
+    def fail(*args):
+        raise MlflowException("database is locked")
+
+    monkeypatch.setattr(first.client, "set_tag", fail)
+    trial = study.ask()
+    first.start(trial, str(tmp_path), {})
+    study.tell(trial, 0.9)
+    with pytest.raises(MlflowException, match="locked"):  # any other error is not swallowed
+        first.mark_best()
+
+
 def test_pruned_trial_stops_early_and_is_marked_pruned(tmp_path):
     done = _sweep(tmp_path, "method.lr=interval(1e-4, 1e-3)", "hydra.sweeper.n_trials=1", "trainer.max_steps=6",
                   "hydra.sweeper.monitor=val/accuracy", "hydra.sweeper.pruner.name=threshold",
@@ -313,6 +356,8 @@ def test_two_sweeper_processes_share_one_study(tmp_path):
     # each asks while the study holds fewer than n_trials: 4, or 5 when both asked for the last one at once
     assert 4 <= len(trials) <= 5 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+    best = [r.info.run_id for r in _runs(tmp_path) if r.data.tags.get("optuna.best") == "true"]
+    assert best == [max(trials, key=lambda t: t.value).user_attrs["mlflow_run_id"]]
 
 
 def test_a_killed_sweeper_resumes_and_retries_the_interrupted_trial(tmp_path):
