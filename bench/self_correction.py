@@ -66,6 +66,8 @@ def collect(uri: str) -> list[dict]:
 def write_report(study: str, rows: list[dict], extra: list[str], out: Path, notes: str | None = None,
                  ran_here: bool = True) -> str:
     title, arms, _ = STUDIES[study]
+    if extra:  # a study run in another setting keeps its own title in the reports index
+        title += ", with " + " ".join(f"`{o}`" for o in extra)
     where = (f" on {machine_info()['cpus']} CPU cores (load average at the end: {loadavg()})." if ran_here else
              " (jobs run by that command; this file re-aggregated from their MLflow stores with `--db`).")
     labels = {(method, task): label for label, method, task, _ in arms}
