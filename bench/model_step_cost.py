@@ -17,7 +17,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from jobs import loadavg, machine_info, train_jobs, write_report_lines  # bench/jobs.py
+from jobs import finished_main_runs, loadavg, machine_info, train_jobs, write_report_lines  # bench/jobs.py
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("tiny_llama", "smollm2_135m")
@@ -33,11 +33,8 @@ def measure(uri: str) -> dict[str, dict]:
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name("workbench")
     out = {}
-    for run in client.search_runs([exp.experiment_id]):
-        if run.data.tags.get("workbench.stage") != "main":
-            continue
+    for run in finished_main_runs(uri):
         history = {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)][1:]
                    for key in ("train/step_time", "train/tokens_per_s", "train/completion_length")}
         out[run.data.tags["workbench.model"]] = {"step_s": statistics.median(history["train/step_time"]),

@@ -33,7 +33,9 @@ def test_step_time_is_the_median_after_the_first_step(tmp_path):
         metrics += [Metric("train/tokens_per_s", 100.0 * step, 0, step) for step in range(4)]
         metrics += [Metric("train/completion_length", 6.0, 0, step) for step in range(4)]
         client.log_batch(run.info.run_id, metrics=metrics)
-    client.create_run(exp, tags={"workbench.stage": "sft_base", "workbench.model": "tiny_llama"})  # not a main run
+        client.set_terminated(run.info.run_id)
+    sft = client.create_run(exp, tags={"workbench.stage": "sft_base", "workbench.model": "tiny_llama"})  # not a main run
+    client.set_terminated(sft.info.run_id)
     found = _bench().measure(uri)
     assert found["tiny_llama"]["step_s"] == 0.2 and found["smollm2_135m"]["step_s"] == 21.0
     assert found["tiny_llama"]["steps"] == 3 and found["tiny_llama"]["tokens_per_s"] == 200.0

@@ -3,15 +3,13 @@ number, holding the trial's params and objective; the best trial's run carries `
 
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping
 
 import mlflow
 import optuna
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 
-from workbench.stores import ensure_experiment
+from workbench.stores import ensure_experiment, open_store
 from workbench.sweep.study import best_trial
 
 RUN_ID_ATTR = "mlflow_run_id"
@@ -19,6 +17,7 @@ RUN_ID_ATTR = "mlflow_run_id"
 
 class TrialRuns:
     def __init__(self, tracking_uri: str, experiment_name: str, study: optuna.Study, metric: str):
+        self.tracking_uri = tracking_uri
         self.experiment_id = ensure_experiment(tracking_uri, experiment_name)
         self.client = mlflow.MlflowClient(tracking_uri)
         self.study = study
@@ -61,30 +60,20 @@ class TrialRuns:
     def mark_best(self) -> None:
         """Leave ``optuna.best=true`` on the current best trial's run only.
 
-        Sweeper processes sharing a study mark concurrently, so this reconciles against what MLflow holds
-        rather than remembering which run it marked last; the last sweeper to finish a round leaves it right."""
+        Sweeper processes sharing a study mark concurrently: this reconciles against what MLflow holds instead of
+        remembering which run it marked last, under the store's lock (sqlite) and tried again on failure (MLflow's
+        SQL store reads before it inserts a new tag, so two writers of one new tag collide on its unique key)."""
         best = best_trial(self.study)
         run_id = best.user_attrs.get(RUN_ID_ATTR) if best else None
-        if not run_id:
-            return
+        if run_id:
+            open_store(self.tracking_uri, lambda: self._move_best_tag(run_id), wait_s=0.05)
+
+    def _move_best_tag(self, run_id: str) -> None:
         marked = [run for run in self.client.search_runs([self.experiment_id], "tags.`optuna.best` = 'true'",
                                                          max_results=1000)
                   if run.data.tags.get("optuna.study") == self.study.study_name]
         for run in marked:
             if run.info.run_id != run_id:
-                self._set_tag(run.info.run_id, "optuna.best", "false")
+                self.client.set_tag(run.info.run_id, "optuna.best", "false")
         if run_id not in {run.info.run_id for run in marked}:
-            self._set_tag(run_id, "optuna.best", "true")
-
-    def _set_tag(self, run_id: str, key: str, value: str, attempts: int = 5) -> None:
-        """MLflow's SQL store inserts a new tag after a read, so two processes setting the same new tag at once
-        collide on its unique key; the loser retries, and then updates the row the winner wrote."""
-        for attempt in range(attempts):
-            try:
-                self.client.set_tag(run_id, key, value)
-                return
-            except MlflowException as error:
-                collided = "UNIQUE constraint" in str(error) or "IntegrityError" in str(error)
-                if not collided or attempt == attempts - 1:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+            self.client.set_tag(run_id, "optuna.best", "true")
