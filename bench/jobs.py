@@ -122,9 +122,14 @@ def study_jobs(arms: list[tuple], seeds: list[int], extra: list[str], only: list
     is trained once, before the other methods of that seed start (two jobs of one seed at once would both train it).
     """
     arms = [arm for arm in arms if not only or arm[1] in only]
-    return [(f"{method}-{task}-s{seed}", [f"method={method}", f"task={task}", f"seed={seed}", "trainer.num_threads=1",
-                                          *overrides, *extra])
-            for _, method, task, overrides in arms for seed in seeds]
+    shared = {(m, t) for i, (_, m, t, _) in enumerate(arms) if any((m, t) == (a[1], a[2]) for a in arms[:i])}
+
+    def name(i, method, task, seed):  # arms of one method and task (differing by overrides) get their index too
+        return f"{method}-{task}-a{i}-s{seed}" if (method, task) in shared else f"{method}-{task}-s{seed}"
+
+    return [(name(i, method, task, seed), [f"method={method}", f"task={task}", f"seed={seed}", "trainer.num_threads=1",
+                                           *overrides, *extra])
+            for i, (_, method, task, overrides) in enumerate(arms) for seed in seeds]
 
 
 def mean_std(values: list[float]) -> str:

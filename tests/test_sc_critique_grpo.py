@@ -1,6 +1,7 @@
 """Critique-GRPO: the loss (on-policy ratio, off-policy f(p) = p/(p+γ), the sum / (B·L_max) normalization, clip,
 KL), the combined group's advantages, the refinement selection, the group layout under the attempt-1 prompt, the
-rule critiques and config checks on hand values; and one short real run."""
+rule critiques, the refinement turn's advantages and config checks on hand values; and short real runs (one with the
+refinement turn trained)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from workbench.methods.self_correction.critique_grpo import (
     CritiqueGRPOModule,
     critique_grpo_loss,
     group_advantages,
+    refinement_turn_advantages,
     reshape_prob,
     rule_critiques,
     select_refinements,
@@ -112,6 +114,14 @@ def test_group_advantages_combined_group_no_std():
     assert torch.allclose(adv, torch.tensor([[0.5, -0.5, -0.5, 0.5]]) / (math.sqrt(1 / 3) + 1e-4))
 
 
+def test_refinement_turn_advantages_group_each_problems_refinements():
+    # problem 0: refinements 1, 1, 0 (mean 2/3); problem 1: all wrong (no signal); r - mean, no std
+    adv = refinement_turn_advantages(torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+    assert torch.allclose(adv, torch.tensor([[1 / 3, 1 / 3, -2 / 3], [0.0, 0.0, 0.0]]))
+    std = refinement_turn_advantages(torch.tensor([[1.0, 0.0]]), "grpo")  # the configured estimator is used
+    assert std[0, 0] > 0 > std[0, 1] and std[0, 0].item() == pytest.approx(-std[0, 1].item())
+
+
 def test_select_refinements():
     correct = torch.tensor([[0, 1, 1], [0, 0, 0], [0, 0, 1]])
     rewards = torch.tensor([[0.3, 1.0, 1.0], [0.2, 0.7, 0.7], [0.9, 0.95, 0.5]])
@@ -163,6 +173,8 @@ def _method(**over):
     (dict(n_refine=1.5), "method.n_refine"),
     (dict(loss_remove_clip="yes"), "method.loss_remove_clip"),
     (dict(shared_prefix=True), "method.shared_prefix"),
+    (dict(refinement_turn_coef=-0.5), "method.refinement_turn_coef"),
+    (dict(refinement_turn_coef="on"), "method.refinement_turn_coef"),
 ])
 def test_validate_names_the_field(over, field):
     with pytest.raises(ConfigError) as err:
@@ -208,3 +220,33 @@ def test_short_run_clipped_two_updates_ground_truth_critique(fast_cfg):
     metrics = mlflow.MlflowClient(cfg.logger.tracking_uri).get_run(summary["mlflow_run_id"]).data.metrics
     assert 0.0 <= metrics["train/clip_frac"] <= 1.0 and math.isfinite(metrics["train/loss"])
     assert summary["metrics"]["steps"] == 4
+
+
+def test_short_run_trains_the_refinement_turn_in_its_real_context(fast_cfg, monkeypatch):
+    """refinement_turn_coef > 0: a second backward over every sampled refinement, under its (x, y1, critique) prompt,
+    with the refinement-turn advantages and the coefficient as weight."""
+    from workbench.train import run
+
+    calls = []
+    backward = CritiqueGRPOModule._backward_combined
+
+    def spy(self, r, chunks, fn, advantages, mask, off, totals, old=None, ref=None, share=1.0, weight=1.0):
+        calls.append((r, advantages.detach().cpu(), off.detach().cpu(), weight,
+                      self.tokenizer.decode(r.prompt_ids[0][r.prompt_mask[0].bool()])))
+        return backward(self, r, chunks, fn, advantages, mask, off, totals, old, ref, share, weight)
+
+    monkeypatch.setattr(CritiqueGRPOModule, "_backward_combined", spy)
+    cfg = fast_cfg("critique_grpo", ["task=arithmetic", "method.group_size=4", "method.n_refine=1",
+                                     "method.refinement_turn_coef=0.5"])
+    summary = run(cfg)
+    assert summary["metrics"]["steps"] == 4 and len(calls) == 8  # the combined group, then the refinement turn
+    for (group, _, group_off, w1, group_prompt), (turn2, adv2, off2, w2, turn2_prompt) in zip(calls[::2], calls[1::2]):
+        assert (w1, w2) == (1.0, 0.5) and group_off.sum() > 0 and off2.sum() == 0
+        assert len(turn2) == len(group) // 4 * 3  # P problems x (G - k) = 3 refinements each
+        # the refinement turn's prompts hold the first attempt and the critique; the group's are attempt-1 prompts
+        assert "Your answer is" in turn2_prompt and "Your answer is" not in group_prompt
+        assert turn2.prompt_ids.shape[1] > group.prompt_ids.shape[1]
+        assert torch.allclose(adv2.view(-1, 3).sum(-1), torch.zeros(len(turn2) // 3), atol=1e-6)  # r - group mean
+    metrics = mlflow.MlflowClient(cfg.logger.tracking_uri).get_run(summary["mlflow_run_id"]).data.metrics
+    for key in ("train/turn2_loss", "train/turn2_on_pg_loss", "train/turn2_advantage_abs"):
+        assert key in metrics and math.isfinite(metrics[key]), key

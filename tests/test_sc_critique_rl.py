@@ -1,6 +1,6 @@
 """Critique-RL: the rewards of both stages (every refine_reward mode, the -1 override), the RLOO advantages over the
-critiques of one first attempt, the config checks, and a tiny run in which the critic trains while the actor stays
-frozen."""
+critiques of one first attempt, the class-balance weights, the config checks, and tiny runs in which the critic trains
+while the actor stays frozen (one with balance_classes, whose weights reach the update)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from workbench.methods.self_correction import critique_rl
 from workbench.methods.self_correction.critique_rl import (
     NO_VERDICT,
     CritiqueRLModule,
+    class_balance_weights,
     critique_advantages,
     critique_rewards,
     discrimination_reward,
@@ -97,6 +98,16 @@ def test_verdict_metrics_are_fractions_of_all_critiques():
     assert m["verdict_false_alarm"].item() == pytest.approx(0.25)
 
 
+def test_class_balance_weights_give_each_class_half_the_step():
+    # 3 critiques of right first attempts, 1 of a wrong one: N / (2 N_class) = 4/6 and 4/2
+    w = class_balance_weights(T([1.0, 1.0, 1.0, 0.0]))
+    assert torch.allclose(w, T([2 / 3, 2 / 3, 2 / 3, 2.0]))
+    assert w[:3].sum().item() == pytest.approx(w[3:].sum().item()) and w.sum().item() == pytest.approx(4.0)
+    # one class only: nothing to balance
+    assert torch.equal(class_balance_weights(T([1.0, 1.0])), T([1.0, 1.0]))
+    assert torch.equal(class_balance_weights(T([0.0, 0.0, 0.0])), T([1.0, 1.0, 1.0]))
+
+
 def _method(fast_cfg, extra=()):
     return fast_cfg("critique_rl", list(extra)).method
 
@@ -107,6 +118,7 @@ def _method(fast_cfg, extra=()):
     ("method.protocol.feedback=verdict", "method.protocol.feedback"),
     ("method.critique_max_new_tokens=0", "method.critique_max_new_tokens"),
     ("method.refine_temperature=-0.5", "method.refine_temperature"),
+    ("method.balance_classes=yes", "method.balance_classes"),
 ])
 def test_bad_config_names_the_field_and_the_fix(fast_cfg, override, field):
     validate_critique_rl(_method(fast_cfg))  # the shipped config passes
@@ -161,3 +173,38 @@ def test_run_trains_the_critic_and_leaves_the_actor_frozen(fast_cfg, monkeypatch
     trained = [p for group in module.trainer.optimizers[0].param_groups for p in group["params"]]
     assert trained and not actor_ids & {id(p) for p in trained}
     assert len(module.state_dict()) == len(module.model.state_dict())
+
+
+def test_balance_classes_scales_each_steps_advantages_by_the_class_weights(fast_cfg, monkeypatch):
+    """balance_classes=true: the advantages that reach the update are RLOO's times N / (2 N_class), every step."""
+    seen = {"adv": [], "weights": [], "update": []}
+    real_adv, real_weights = critique_rl.critique_advantages, critique_rl.class_balance_weights
+    real_rewards = critique_rl.critique_rewards
+    # spread the rewards (a 3-step warm start writes no verdict: all -1, zero advantages) so the scaling is visible
+    monkeypatch.setattr(critique_rl, "critique_rewards", lambda *a, **k: real_rewards(*a, **k) + torch.linspace(0, 1, len(a[1])))
+    # and make every step hold both classes, so the weights are not all ones
+    monkeypatch.setattr(CritiqueRLModule, "verify", lambda self, texts, answers: torch.arange(len(texts)).remainder(4).eq(0).float())
+
+    def adv_spy(*a, **k):
+        seen["adv"].append(real_adv(*a, **k))
+        return seen["adv"][-1]
+
+    def weights_spy(c1):
+        seen["weights"].append(real_weights(c1))
+        return seen["weights"][-1]
+
+    backward = CritiqueRLModule._backward_rollout
+
+    def backward_spy(self, r, chunks, fn, advantages, *a, **k):
+        seen["update"].append(advantages.detach().cpu().clone())
+        return backward(self, r, chunks, fn, advantages, *a, **k)
+
+    monkeypatch.setattr(critique_rl, "critique_advantages", adv_spy)
+    monkeypatch.setattr(critique_rl, "class_balance_weights", weights_spy)
+    monkeypatch.setattr(CritiqueRLModule, "_backward_rollout", backward_spy)
+    cfg = fast_cfg("critique_rl", FAST_CRITIQUE + ["method.balance_classes=true"])
+    assert run(cfg)["metrics"]["steps"] == 4
+    assert len(seen["update"]) == len(seen["weights"]) == 4
+    for adv, w, used in zip(seen["adv"], seen["weights"], seen["update"]):
+        assert not torch.equal(w, torch.ones_like(w)), w
+        assert torch.allclose(used, adv.cpu() * w)

@@ -258,3 +258,75 @@ def test_sft_baseline_rounds_without_examples_count_but_move_nothing(fast_cfg):
     assert summary["metrics"]["steps"] == 4 and metrics["train/examples"] == 0
     for key in ("accuracy_t1", "accuracy_t2", "edit_frac"):  # same weights, same greedy answers
         assert metrics[f"test/{key}"] == metrics[f"test_before/{key}"]
+
+
+def _bench():
+    """bench/self_correction.py as a module (it imports bench/jobs.py as a sibling)."""
+    import importlib.util
+    import sys
+
+    from workbench import ROOT
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("self_correction_bench", ROOT / "bench" / "self_correction.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        return bench
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_bench_study_tells_apart_two_arms_of_one_method(tmp_path):
+    """critique_rl_balance runs critique_rl twice (the second with balance_classes=true): each job gets its own run
+    directory, and each run lands in the arm whose overrides its logged params match (the most specific one)."""
+    import sys
+
+    bench = _bench()
+    study_jobs = sys.modules["jobs"].study_jobs  # bench/jobs.py, loaded by the script
+    _, arms, _ = bench.STUDIES["critique_rl_balance"]
+    names = [name for name, _ in study_jobs(arms, [0, 1], [])]
+    assert names == ["critique_rl-arithmetic-a0-s0", "critique_rl-arithmetic-a0-s1",
+                     "critique_rl-arithmetic-a1-s0", "critique_rl-arithmetic-a1-s1"]
+    # a study whose arms are all different methods keeps its plain names
+    assert study_jobs(bench.STUDIES["critique"][1], [0], [])[0][0] == "critique_grpo-arithmetic-s0"
+
+    base = {"task.max_value": "49", "task.train_size": "1500", "task.test_size": "300"}
+    metrics = dict.fromkeys(bench.KEYS, 0.5)
+
+    def run(seed, balance, t2):
+        return {"method": "critique_rl", "task": "arithmetic", "seed": seed, "before": metrics,
+                "after": dict(metrics, accuracy_t2=t2), "wall": 1.0, "steps": 120, "curve": [(0, 0.0)],
+                "params": dict(base, **{"method.balance_classes": balance})}
+
+    rows = [run(0, "False", 0.61), run(0, "True", 0.72), run(1, "True", 0.73)]
+    assert [bench.arm_of(r, arms) for r in rows] == [0, 1, 1]
+    assert bench.arm_of(dict(rows[0], params=dict(base, **{"task.max_value": "99"})), arms) is None  # other setting
+    report = bench.write_report("critique_rl_balance", rows, [], tmp_path / "r.md")
+    paper, balanced = arms[0][0], arms[1][0]
+    assert f"| {paper} | 0 | 0.500 → 0.500 | 0.500 → 0.610 |" in report
+    assert f"| {balanced} | 1 | 0.500 → 0.500 | 0.500 → 0.730 |" in report
+    assert f"| {balanced} | 2 | 0.500 ± 0.000 | 0.725 ± 0.007 |" in report  # the mean over its two seeds
+    assert f"| {paper} | 1 | 0.500 | 0.610 |" in report
+
+
+def test_every_bench_study_arm_composes_and_validates(tmp_path):
+    """bench/self_correction.py's studies pass per-arm overrides (e.g. refinement_turn_coef, balance_classes): each arm's
+    job config composes and passes the method's checks, so a renamed key fails here, not 30 minutes into a study."""
+    import sys
+
+    from workbench.methods import method_class
+
+    bench = _bench()
+    arms = [arm for _, study_arms, _ in bench.STUDIES.values() for arm in study_arms]
+    assert {"refinement_turn_coef", "balance_classes"} <= {o.split("=")[0].split(".")[-1] for *_, extra in arms for o in extra}
+    for label, method, task, extra in arms:
+        cfg = compose_cfg([f"method={method}", f"task={task}", *extra], tmp_path / method)
+        validate(cfg)
+        module = method_class(cfg.method.module)
+        checks = getattr(sys.modules[module.__module__], f"validate_{method}", None)
+        if checks is not None:
+            checks(cfg.method)
+        for override in extra:
+            key, value = override.split("=", 1)
+            assert str(OmegaConf.select(cfg, key)).lower() == value.lower(), (label, override)

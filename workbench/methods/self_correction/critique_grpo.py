@@ -28,6 +28,16 @@ the number of micro-batches (gradient accumulation). The mini-batch gradient is 
 micro_batch_size × (1 / (B·T)) Σ_{i,t} mask·ℓ: the expression above (Dr. GRPO's ``seq_mean_token_sum_norm``) times a
 constant that only rescales the learning rate. We drop that constant.
 
+Option, not in the paper (``refinement_turn_coef`` c, default 0 = the paper): the refinements above teach the
+*first* attempt only, so the second turn (x, y1, c) -> y2 is never trained and drifts with the shared weights. With
+c > 0 every sampled refinement is also an on-policy sample of the second turn, in its real context, with its own group
+baseline over the problem's n refinements:
+
+    A2_j = r(y2_j) − mean_j r(y2_j)  (the same estimator, ``advantage``)      L += c · L_on(y2 | x, y1_j, c_j; A2)
+
+where L_on is the on-policy term above (ratio, sum over tokens / L_max, mean over the P·n refinements). Copying a
+confirmed answer and fixing a refuted one are then rewarded on the turn that Accuracy@t2 measures.
+
 Not implemented: the paper's ``text`` critiques (GPT-4o chains of thought comparing y1 with the reference
 solution; refused in the config) and its entropy bonus (coefficient 0.001; our log-prob path returns the entropy
 without a gradient). With one update per rollout π_old = π (detached), so ρ = 1 with the gradient of log π.
@@ -132,6 +142,12 @@ def group_advantages(on_rewards: torch.Tensor, refine_rewards: torch.Tensor, adv
     return ADVANTAGES[advantage](torch.cat([on_rewards, refine_rewards], dim=-1).float(), **params)
 
 
+def refinement_turn_advantages(second_rewards: torch.Tensor, advantage: str = "dr_grpo", **params) -> torch.Tensor:
+    """(P, n) rewards of every sampled refinement -> (P, n) advantages of the second turn, each problem's n
+    refinements one group (``refinement_turn_coef`` > 0 only; not in the paper)."""
+    return ADVANTAGES[advantage](second_rewards.float(), **params)
+
+
 def rule_critiques(protocol, correct: torch.Tensor, answers: list[str], critique_type: str) -> list[str]:
     """The verifier's critique of each first attempt: its verdict, plus the answer for ``simple_gt``."""
     verdicts = [protocol.verdict(bool(c)) for c in correct.tolist()]
@@ -160,6 +176,10 @@ def validate_critique_grpo(m) -> None:
                           "true is the paper's unclipped on-policy term")
     if m.get("shared_prefix", False):
         raise ConfigError("method.shared_prefix", "is not supported by critique_grpo", "set method.shared_prefix=false")
+    coef = m.get("refinement_turn_coef", 0.0)
+    if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not coef >= 0:
+        raise ConfigError("method.refinement_turn_coef", f"must be a number >= 0, got {coef!r}",
+                          "0 is the paper (refinements teach the first attempt only); e.g. 1.0 also trains the second turn")
 
 
 class CritiqueGRPOModule(SelfCorrectionModule):
@@ -214,14 +234,23 @@ class CritiqueGRPOModule(SelfCorrectionModule):
             old = (torch.cat([self._rollout_logprobs(self.model, r, c, fn)[0] for c in chunks])
                    if cfg.inner_iterations > 1 else None)
             ref = self._reference_logprobs(r, chunks, fn)
+        turn2 = self.refinement_turn(data, P, n, fn)
         opt, sched = self.optimizers(), self.lr_schedulers()
         totals: dict[str, float] = {}
+        turn2_totals: dict[str, float] = {}
         with self._timed("update"):
             for _ in range(cfg.inner_iterations):
                 opt.zero_grad()
                 self._backward_combined(r, chunks, fn, advantages, mask, off, totals, old, ref, 1 / cfg.inner_iterations)
+                if turn2 is not None:
+                    s2, chunks2, adv2, mask2, off2, old2, ref2 = turn2
+                    self._backward_combined(s2, chunks2, fn, adv2, mask2, off2, turn2_totals, old2, ref2,
+                                            1 / cfg.inner_iterations, weight=float(cfg.refinement_turn_coef))
                 self._optimizer_step(opt, sched)
             self.generator.sync(self.model)
+        totals.update({f"turn2_{k}": v for k, v in turn2_totals.items() if k in ("loss", "on_pg_loss", "kl")})
+        if turn2 is not None:
+            totals["turn2_advantage_abs"] = float(turn2[2].abs().mean())
         kept_correct = c2.gather(1, kept.to(c2.device))
         self.log_attempts(data, totals, {
             "reward_t1": data.first_rewards.mean(), "reward_t2": data.second_rewards.mean(),
@@ -232,9 +261,26 @@ class CritiqueGRPOModule(SelfCorrectionModule):
             "frac_zero_adv_groups": (rewards.std(-1) == 0).float().mean(),
         })
 
+    def refinement_turn(self, data: TwoAttempts, P: int, n: int, fn):
+        """The second turn's training batch when ``refinement_turn_coef`` > 0, else None: (rollout, chunks,
+        advantages, mask, off-policy mask (all 0), old log-probs, reference log-probs) for ``_backward_combined``."""
+        cfg = self.cfg
+        if not float(cfg.get("refinement_turn_coef", 0.0)):
+            return None
+        s = data.second  # y2_j sampled after (x, y1_j, c_j): its prompt is already the real context
+        adv = refinement_turn_advantages(data.second_rewards.view(P, n), cfg.advantage,
+                                         **dict(cfg.get("advantage_params") or {})).reshape(-1).to(self.device)
+        chunks = self._chunks(len(s))
+        with self._timed("logprobs"), torch.no_grad():
+            old = (torch.cat([self._rollout_logprobs(self.model, s, c, fn)[0] for c in chunks])
+                   if cfg.inner_iterations > 1 else None)
+            ref = self._reference_logprobs(s, chunks, fn) if float(cfg.beta) else None
+        return s, chunks, adv, s.completion_mask.float(), torch.zeros(len(s), device=self.device), old, ref
+
     def _backward_combined(self, r: Rollout, chunks, fn, advantages, mask, off, totals: dict, old=None, ref=None,
-                           share: float = 1.0) -> None:
-        """Backpropagate the Critique-GRPO loss of the combined groups chunk by chunk (chunks add up to the whole)."""
+                           share: float = 1.0, weight: float = 1.0) -> None:
+        """Backpropagate ``weight`` x the Critique-GRPO loss of rollout ``r`` chunk by chunk (chunks add up to the
+        whole): the combined groups, or (``refinement_turn``) the refinements in their real context."""
         cfg, n = self.cfg, len(r)
         clip = None if cfg.get("loss_remove_clip", True) else (float(cfg.clip_eps_low), float(cfg.clip_eps_high))
         for c in chunks:
@@ -245,7 +291,7 @@ class CritiqueGRPOModule(SelfCorrectionModule):
                 ref_logprobs=None if ref is None else ref[c], beta=float(cfg.beta), kl_kind=cfg.kl_estimator)
             self.check_finite(loss)
             rows = c.stop - c.start
-            self.manual_backward(loss * rows / n)  # each chunk's loss is a mean over its rows: weight to the whole
+            self.manual_backward(loss * (weight * rows / n))  # each chunk's loss is a mean over its rows: weight to the whole
             stats["loss"] = loss.detach()
             stats["entropy"] = (entropy * mask[c]).sum() / mask[c].sum().clamp(min=1)
             for key, value in stats.items():

@@ -23,6 +23,14 @@ Advantage: RLOO over the n critiques of the same first attempt, A_j = r_j - mean
 run OpenRLHF with ``--advantage_estimator rloo --n_samples_per_prompt 4``). Update: the group-RL clipped surrogate
 on the critique tokens plus beta * KL(critic || warm-start critic) in the loss (``_backward_rollout``).
 
+Option, not in the paper (``balance_classes``, default false = the paper): every critique group shares one first
+attempt, so a step's gradient is a sum of "call it correct" pushes from right first attempts and "call it wrong"
+pushes from wrong ones, in proportion to how often the actor is right. A critic that cannot yet tell them apart
+then learns the majority verdict (all "correct" for a strong actor, all "wrong" for a weak one). With the option each
+critique's advantage is scaled by N / (2 · N_class), N_class the step's critiques of first attempts of its class (right
+or wrong), so the two classes carry equal weight (the gradient of balanced verdict accuracy in stage I); a step with one
+class only keeps weight 1.
+
 Defaults from ``examples/step2-Critique-RL-stage1.sh`` / ``step3-...stage2.sh``: n = 4, critic temperature 0.7,
 greedy refinement (``refinement_temperature=0``), first attempts sampled at 0.7 (``step1-inference.sh``),
 ``rf_mode="r_refine"``, ``init_kl_coef=0.01``. Deviations, kept on purpose: (1) OpenRLHF adds the KL (k1) to the
@@ -104,6 +112,16 @@ def critique_advantages(rewards: torch.Tensor, group_size: int, estimator: str =
     return adv.reshape(n) if adv.dim() == 2 else adv.reshape(n, -1)
 
 
+def class_balance_weights(first_correct: torch.Tensor) -> torch.Tensor:
+    """(N,) 0/1 correctness of the first attempt each critique judges -> (N,) weights N / (2 · N_class), so right
+    and wrong first attempts weigh half of the step each; all ones when the step has one class only."""
+    right = first_correct.bool()
+    n_right, n = int(right.sum()), len(right)
+    if n_right in (0, n):
+        return torch.ones(n)
+    return torch.where(right, torch.tensor(n / (2 * n_right)), torch.tensor(n / (2 * (n - n_right))))
+
+
 def answers_differ(task, firsts: list[str], seconds: list[str]) -> torch.Tensor:
     """True where the refinement's answer differs from the first attempt's (text when no answer parses)."""
     def key(text):
@@ -124,6 +142,9 @@ def validate_critique_rl(m) -> None:
         raise ConfigError("method.protocol.feedback", f"is '{feedback}', but Critique-RL trains a critic",
                           "set method.protocol.feedback=critique")
     require_whole(m, "critique_max_new_tokens", 1, "e.g. method.critique_max_new_tokens=16")
+    if not isinstance(m.get("balance_classes", False), bool):
+        raise ConfigError("method.balance_classes", f"must be true or false, got {m.get('balance_classes')!r}",
+                          "false is the paper; true weighs right and wrong first attempts equally")
     for key in ("actor_temperature", "refine_temperature"):
         value = m.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -216,6 +237,9 @@ class CritiqueRLModule(SelfCorrectionModule):
         r = data.critiques
         mask = r.completion_mask.float()
         advantages = critique_advantages(rewards, n, cfg.advantage, mask=mask, **dict(cfg.get("advantage_params") or {}))
+        if cfg.get("balance_classes", False):
+            weights = class_balance_weights(c1).to(self.device)
+            advantages = advantages * (weights if advantages.dim() == 1 else weights.unsqueeze(-1))
         fn, chunks = self._logprob_fn(), self._chunks(len(r))
         with self._timed("logprobs"), torch.no_grad():
             # with one update per rollout pi_old == pi: the ratio is 1 and the live log-probs serve
