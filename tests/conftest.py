@@ -61,6 +61,22 @@ def compose_cfg(overrides: list[str], output_dir: Path, tracking_uri: str | None
     return cfg
 
 
+def load_bench(script: str):
+    """bench/<script>.py as a module. bench/ goes on sys.path (and stays: a script may import its neighbour jobs.py
+    lazily) because the scripts import jobs.py as a sibling."""
+    import importlib.util
+    import sys
+
+    from workbench import ROOT
+
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", ROOT / "bench" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def method_family(method: str) -> str:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=[f"method={method}"]).method.family

@@ -7,12 +7,11 @@ tables made it into the file.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 
-from workbench import ROOT
+from conftest import load_bench
 
 pytest.importorskip("trl", reason="TRL is the reference implementation; install the test extra")
 
@@ -21,10 +20,7 @@ TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("dpo_vs_trl", ROOT / "bench" / "dpo_vs_trl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("dpo_vs_trl")
 
 
 def test_make_pairs_lengths():

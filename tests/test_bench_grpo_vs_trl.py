@@ -5,12 +5,11 @@ No timing is asserted; only that each side produced a finite step time and the t
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 
-from workbench import ROOT
+from conftest import load_bench
 
 pytest.importorskip("trl", reason="TRL is the reference implementation; install the test extra")
 
@@ -19,10 +18,7 @@ TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("grpo_vs_trl", ROOT / "bench" / "grpo_vs_trl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("grpo_vs_trl")
 
 
 def test_both_loops_step_and_report_is_written(tmp_path):

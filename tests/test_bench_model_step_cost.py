@@ -3,24 +3,16 @@ reports/README.md. The SmolLM2 job itself takes minutes, so it is not run here; 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import mlflow
 from mlflow.entities import Metric
 
+from conftest import load_bench
 from workbench import ROOT
 
 
 def _bench():
-    sys.path.insert(0, str(ROOT / "bench"))  # the script imports bench/jobs.py as a sibling
-    try:
-        spec = importlib.util.spec_from_file_location("model_step_cost", ROOT / "bench" / "model_step_cost.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    return load_bench("model_step_cost")
 
 
 def test_step_time_is_the_median_after_the_first_step(tmp_path):

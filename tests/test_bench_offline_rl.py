@@ -3,22 +3,16 @@ held-out scores per (dataset, method) as mean ± std over seeds, the offline-to-
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
 
 import pytest
 
-from workbench import ROOT
+from conftest import load_bench
 from workbench.train import run
 
 
 def _bench():
-    sys.path.insert(0, str(ROOT / "bench"))  # the script imports its neighbour jobs.py
-    spec = importlib.util.spec_from_file_location("offline_rl_bench", ROOT / "bench" / "offline_rl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("offline_rl")
 
 
 def test_report_from_real_runs(fast_cfg, tmp_path):

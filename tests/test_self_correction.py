@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_cfg
+from conftest import compose_cfg, load_bench
 from workbench.config import base_config, cache_key, validate
 from workbench.errors import ConfigError
 from workbench.methods.group_rl.losses import grpo_loss
@@ -261,20 +261,7 @@ def test_sft_baseline_rounds_without_examples_count_but_move_nothing(fast_cfg):
 
 
 def _bench():
-    """bench/self_correction.py as a module (it imports bench/jobs.py as a sibling)."""
-    import importlib.util
-    import sys
-
-    from workbench import ROOT
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("self_correction_bench", ROOT / "bench" / "self_correction.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
-        return bench
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    return load_bench("self_correction")
 
 
 def test_bench_study_tells_apart_two_arms_of_one_method(tmp_path):
