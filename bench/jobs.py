@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,10 +123,10 @@ def study_jobs(arms: list[tuple], seeds: list[int], extra: list[str], only: list
     is trained once, before the other methods of that seed start (two jobs of one seed at once would both train it).
     """
     arms = [arm for arm in arms if not only or arm[1] in only]
-    shared = {(m, t) for i, (_, m, t, _) in enumerate(arms) if any((m, t) == (a[1], a[2]) for a in arms[:i])}
+    arms_of = Counter((method, task) for _, method, task, _ in arms)
 
     def name(i, method, task, seed):  # arms of one method and task (differing by overrides) get their index too
-        return f"{method}-{task}-a{i}-s{seed}" if (method, task) in shared else f"{method}-{task}-s{seed}"
+        return f"{method}-{task}-a{i}-s{seed}" if arms_of[method, task] > 1 else f"{method}-{task}-s{seed}"
 
     return [(name(i, method, task, seed), [f"method={method}", f"task={task}", f"seed={seed}", "trainer.num_threads=1",
                                            *overrides, *extra])

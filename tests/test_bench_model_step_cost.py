@@ -3,7 +3,6 @@ reports/README.md. The SmolLM2 job itself takes minutes, so it is not run here; 
 
 from __future__ import annotations
 
-
 import mlflow
 from mlflow.entities import Metric
 

@@ -259,7 +259,7 @@ class CritiqueGRPOModule(SelfCorrectionModule):
             "group_reward": rewards.mean(), "advantage_abs": advantages.abs().mean(),
             "advantage_refinement": advantages.view(P, G)[:, n:].mean(),
             "frac_zero_adv_groups": (rewards.std(-1) == 0).float().mean(),
-        })
+        }, extra_tokens=0 if turn2 is None else int(data.second.prompt_mask.sum() + data.second.completion_mask.sum()))
 
     def refinement_turn(self, data: TwoAttempts, P: int, n: int, fn):
         """The second turn's training batch when ``refinement_turn_coef`` > 0, else None: (rollout, chunks,

@@ -135,7 +135,8 @@ class SelfCorrectionModule(GroupRLModule):
         return {}
 
     # ---- logging --------------------------------------------------------------------------------------------
-    def log_attempts(self, data: TwoAttempts, totals: dict, extra: dict | None = None) -> None:
+    def log_attempts(self, data: TwoAttempts, totals: dict, extra: dict | None = None, extra_tokens: int = 0) -> None:
+        """Log the step; ``extra_tokens``: tokens a method trained beyond the two sampled attempts (for tokens/s)."""
         metrics = self_correction_metrics(data.first_correct, data.second_correct, data.edited(self.task))
         log = {**metrics, **totals, **(extra or {}), **{f"time_{k}": v for k, v in self._times.items()},
                "completion_length": data.first.lengths.float().mean().item(),
@@ -144,4 +145,4 @@ class SelfCorrectionModule(GroupRLModule):
         self.log("train/accuracy_t2", metrics["accuracy_t2"], prog_bar=True, on_step=True, batch_size=P)
         self.log_dict({f"train/{k}": float(v) for k, v in log.items() if k != "accuracy_t2"}, on_step=True, batch_size=P)
         tokens = sum(int(r.prompt_mask.sum() + r.completion_mask.sum()) for r in (data.first, data.second))
-        self.count_tokens(tokens * 2)
+        self.count_tokens(tokens * 2 + extra_tokens)
